@@ -1,0 +1,150 @@
+//! # clearskies-tokio
+//!
+//! The ClearSkies driver for tokio. Today it binds one [`Session`] to any tokio byte stream
+//! ([`run_session`]); TCP + TLS 1.3 with pinned device keys, the listener and dialer, storage
+//! and the application API arrive with the drivers issue.
+//!
+//! The loop follows proto's contract: one owner task; wait for bytes, the deadline or a
+//! command; feed exactly one input; drain events; write frames while the socket takes them;
+//! re-arm the timer from `poll_timeout`, checking the deadline against the clock itself.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use clearskies_proto::Timestamp;
+use clearskies_proto::session::{Event, Priority, Session};
+use clearskies_proto::wire::{CloseCode, Message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// What the application asks of a running session.
+#[derive(Debug)]
+pub enum Command {
+    /// Queue a message; the reply says whether the session accepted it.
+    Send(Message, Priority, oneshot::Sender<Result<(), clearskies_proto::Error>>),
+    /// Close the session with a code and reason.
+    Close(CloseCode, String),
+}
+
+/// Converts the driver's monotonic clock to proto's [`Timestamp`].
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    origin: Instant,
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock::new()
+    }
+}
+
+impl MonotonicClock {
+    /// A clock whose origin is now.
+    pub fn new() -> MonotonicClock {
+        MonotonicClock { origin: Instant::now() }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Timestamp {
+        self.at(Instant::now())
+    }
+
+    /// `instant` as a timestamp.
+    pub fn at(&self, instant: Instant) -> Timestamp {
+        Timestamp::from_micros(
+            u64::try_from(instant.saturating_duration_since(self.origin).as_micros())
+                .unwrap_or(u64::MAX),
+        )
+    }
+
+    /// `ts` as an instant.
+    pub fn instant(&self, ts: Timestamp) -> Instant {
+        self.origin + std::time::Duration::from_micros(ts.as_micros())
+    }
+}
+
+/// Size of one read from the transport.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Runs `session` over `io` until it finishes, forwarding its events to `events` and taking
+/// commands from `commands`. Returns the transport error, if one ended the session.
+pub async fn run_session<T>(
+    mut session: Session,
+    io: T,
+    clock: MonotonicClock,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) -> std::io::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut commands_open = true;
+    loop {
+        // Drain: events to the app, frames to the socket.
+        while let Some(event) = session.poll_event() {
+            // The app hung up on events: keep running the protocol anyway.
+            let _ = events.send(event).await;
+        }
+        let mut wrote = false;
+        while let Some(bytes) = session.poll_transmit(clock.now()) {
+            writer.write_all(&bytes).await?;
+            wrote = true;
+        }
+        if wrote {
+            writer.flush().await?;
+        }
+        if session.is_finished() {
+            let _ = writer.shutdown().await;
+            return Ok(());
+        }
+        let deadline = session.poll_timeout();
+        let sleep_until = deadline.map(|t| clock.instant(t));
+        tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) => session.handle_transport_closed(clock.now()),
+                Ok(n) => session.handle_bytes(clock.now(), &buf[..n]),
+                Err(e) => {
+                    session.handle_transport_closed(clock.now());
+                    while let Some(event) = session.poll_event() {
+                        let _ = events.send(event).await;
+                    }
+                    return Err(e);
+                }
+            },
+            command = commands.recv(), if commands_open => match command {
+                Some(Command::Send(message, priority, reply)) => {
+                    // The app may have stopped waiting for the answer; that is its business.
+                    let _ = reply.send(session.send(message, priority));
+                }
+                Some(Command::Close(code, reason)) => session.close(clock.now(), code, &reason),
+                None => commands_open = false,
+            },
+            () = sleep_or_forever(sleep_until) => {}
+        }
+        // Check the deadline against the clock, not only the timer future.
+        let now = clock.now();
+        if deadline.is_some_and(|d| d <= now) {
+            session.handle_timeout(now);
+        }
+    }
+}
+
+async fn sleep_or_forever(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Convenience for tests and demos: an extension message.
+pub fn extension_message(name: &str, payload: impl Into<Bytes>) -> Message {
+    Message::Extension(clearskies_proto::wire::ExtensionMessage {
+        name: name.to_owned(),
+        payload: payload.into(),
+    })
+}
