@@ -24,7 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug)]
 pub enum Command {
     /// Queue a message; the reply says whether the session accepted it.
-    Send(Message, Priority, oneshot::Sender<Result<(), clearskies_proto::Error>>),
+    Send(
+        Message,
+        Priority,
+        oneshot::Sender<Result<(), clearskies_proto::Error>>,
+    ),
     /// Close the session with a code and reason.
     Close(CloseCode, String),
 }
@@ -44,7 +48,9 @@ impl Default for MonotonicClock {
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> MonotonicClock {
-        MonotonicClock { origin: Instant::now() }
+        MonotonicClock {
+            origin: Instant::now(),
+        }
     }
 
     /// The current time.

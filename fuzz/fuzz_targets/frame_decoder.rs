@@ -11,7 +11,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte chooses the piece size, so the corpus explores split points.
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let piece = usize::from(split).max(1);
     let mut decoder = FrameDecoder::new();
     let mut reassembler = Reassembler::new();

@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
         ..SessionConfig::default()
     };
     let mut now = Timestamp::ZERO;
-    let Ok(mut session) = Session::new(config, now) else { return };
+    let Ok(mut session) = Session::new(config, now) else {
+        return;
+    };
     let mut closed = false;
     let mut rest = data;
     // Each step: one control byte (low 5 bits: piece length; high 3 bits: seconds to advance),
@@ -26,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
         session.handle_bytes(now, piece);
         if session.poll_timeout().is_some_and(|t| t <= now) {
             session.handle_timeout(now);
-            assert!(session.poll_timeout().is_none_or(|t| t > now), "timer stuck in the past");
+            assert!(
+                session.poll_timeout().is_none_or(|t| t > now),
+                "timer stuck in the past"
+            );
         }
         while let Some(event) = session.poll_event() {
             assert!(!closed, "event after Closed: {event:?}");

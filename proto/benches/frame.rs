@@ -15,7 +15,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 const EXT: &str = "com.example.bench";
 
 fn established_pair() -> (Session, Session) {
-    let config = SessionConfig { extensions: vec![EXT.into()], ..SessionConfig::default() };
+    let config = SessionConfig {
+        extensions: vec![EXT.into()],
+        ..SessionConfig::default()
+    };
     let now = Timestamp::ZERO;
     let mut a = Session::new(config.clone(), now).unwrap();
     let mut b = Session::new(config, now).unwrap();
@@ -31,7 +34,10 @@ fn established_pair() -> (Session, Session) {
 }
 
 fn message(size: usize) -> Message {
-    Message::Extension(ExtensionMessage { name: EXT.into(), payload: Bytes::from(vec![0xa5; size]) })
+    Message::Extension(ExtensionMessage {
+        name: EXT.into(),
+        payload: Bytes::from(vec![0xa5; size]),
+    })
 }
 
 fn bench_frames(c: &mut Criterion) {
@@ -83,7 +89,9 @@ fn bench_frames(c: &mut Criterion) {
             for chunk in wire.chunks(64 * 1024) {
                 b.handle_bytes(Timestamp::ZERO, chunk);
             }
-            let Some(Event::Message(m)) = b.poll_event() else { panic!("no message") };
+            let Some(Event::Message(m)) = b.poll_event() else {
+                panic!("no message")
+            };
             black_box(m)
         })
     });

@@ -161,7 +161,10 @@ impl fmt::Display for ProtocolViolation {
         use crate::wire::{MAX_FRAME_PAYLOAD, MAX_MESSAGE_SIZE, MAX_OPEN_STREAMS};
         match self {
             ProtocolViolation::BadPreface => {
-                write!(f, "the connection did not start with the ClearSkies preface")
+                write!(
+                    f,
+                    "the connection did not start with the ClearSkies preface"
+                )
             }
             ProtocolViolation::FrameTooLarge { len } => write!(
                 f,
@@ -175,7 +178,10 @@ impl fmt::Display for ProtocolViolation {
                 "reserved flag bits set: flags 0x{flags:02x} on frame kind 0x{kind:02x}"
             ),
             ProtocolViolation::BadStream { kind, stream } => {
-                write!(f, "stream {stream} is not allowed on frame kind 0x{kind:02x}")
+                write!(
+                    f,
+                    "stream {stream} is not allowed on frame kind 0x{kind:02x}"
+                )
             }
             ProtocolViolation::EmptySegment { stream } => {
                 write!(f, "empty segment without FIN on stream {stream}")
@@ -192,10 +198,16 @@ impl fmt::Display for ProtocolViolation {
                 write!(f, "malformed message: {detail}")
             }
             ProtocolViolation::FieldTooLong { field, len, max } => {
-                write!(f, "field `{field}` has length {len}, more than its limit {max}")
+                write!(
+                    f,
+                    "field `{field}` has length {len}, more than its limit {max}"
+                )
             }
             ProtocolViolation::BadExtensionName { name } => {
-                write!(f, "extension name {name:?} is not a lowercase reverse-DNS name")
+                write!(
+                    f,
+                    "extension name {name:?} is not a lowercase reverse-DNS name"
+                )
             }
             ProtocolViolation::UnexpectedMessage { got, state } => {
                 write!(f, "{got} is not allowed in state {state}")

@@ -73,7 +73,9 @@ impl SessionConfig {
     fn validate(&self) -> Result<(), Misuse> {
         let bad = |detail: String| Err(Misuse::BadConfig { detail });
         if self.device_name.len() > MAX_NAME_LEN || self.software.len() > MAX_NAME_LEN {
-            return bad(format!("device name and software are limited to {MAX_NAME_LEN} bytes"));
+            return bad(format!(
+                "device name and software are limited to {MAX_NAME_LEN} bytes"
+            ));
         }
         if self.protocol_versions.is_empty() || self.protocol_versions.len() > MAX_VERSIONS {
             return bad(format!("offer 1 to {MAX_VERSIONS} protocol versions"));
@@ -82,7 +84,9 @@ impl SessionConfig {
             return bad(format!("at most {MAX_EXTENSIONS} extensions"));
         }
         if let Some(name) = self.extensions.iter().find(|n| !is_valid_extension_name(n)) {
-            return bad(format!("extension name {name:?} is not lowercase reverse-DNS"));
+            return bad(format!(
+                "extension name {name:?} is not lowercase reverse-DNS"
+            ));
         }
         Ok(())
     }
@@ -225,14 +229,18 @@ pub struct Session {
 impl Session {
     /// Starts a session on a freshly opened transport. Both sides start the same way: the
     /// preface and HELLO are queued at once, so the handshake costs one flight.
-    pub fn new(config: SessionConfig, now: Timestamp) -> Result<Session, Error> {
+    pub fn new(mut config: SessionConfig, now: Timestamp) -> Result<Session, Error> {
         config.validate()?;
+        // HELLO carries whole seconds; negotiate from exactly what was announced so both
+        // sides compute the same interval.
+        config.keepalive = Duration::from_secs(clamp_keepalive(config.keepalive).as_secs());
         let hello = Message::Hello(Hello {
             versions: config.protocol_versions.clone(),
             extensions: config.extensions.clone(),
             name: config.device_name.clone(),
             software: config.software.clone(),
-            keepalive: clamp_keepalive(config.keepalive).as_secs() as u32,
+            // At most MAX_KEEPALIVE (86 400 s) after the clamp above: fits in u32.
+            keepalive: config.keepalive.as_secs() as u32,
         });
         let mut session = Session {
             config,
@@ -299,6 +307,9 @@ impl Session {
         if self.state == SessionState::Closed {
             return;
         }
+        if data.is_empty() {
+            return;
+        }
         self.stats.bytes_received += data.len() as u64;
         self.last_received = now;
         self.decoder.push(data);
@@ -351,7 +362,8 @@ impl Session {
         self.clock.observe(now);
         if self.state != SessionState::Closed {
             self.state = SessionState::Closed;
-            self.events.push_back(Event::Closed(CloseReason::TransportLost));
+            self.events
+                .push_back(Event::Closed(CloseReason::TransportLost));
         }
         self.clear_queues();
         self.finished = true;
@@ -374,7 +386,10 @@ impl Session {
             }
             Message::Extension(e) => {
                 if !negotiated.extensions.iter().any(|n| *n == e.name) {
-                    return Err(Misuse::ExtensionNotNegotiated { name: e.name.clone() }.into());
+                    return Err(Misuse::ExtensionNotNegotiated {
+                        name: e.name.clone(),
+                    }
+                    .into());
                 }
             }
         }
@@ -383,7 +398,10 @@ impl Session {
             return Err(Misuse::MessageTooLarge { size: body.len() }.into());
         }
         if self.queued_bytes + body.len() > SEND_QUEUE_LIMIT {
-            return Err(Misuse::SendQueueFull { queued: self.queued_bytes }.into());
+            return Err(Misuse::SendQueueFull {
+                queued: self.queued_bytes,
+            }
+            .into());
         }
         self.enqueue(Bytes::from(body), priority);
         Ok(())
@@ -398,7 +416,8 @@ impl Session {
         }
         let reason = truncate(reason, MAX_REASON_LEN).to_owned();
         self.end_with_close(code, reason.clone());
-        self.events.push_back(Event::Closed(CloseReason::Local { code, reason }));
+        self.events
+            .push_back(Event::Closed(CloseReason::Local { code, reason }));
     }
 
     // ---- outputs -------------------------------------------------------------------------
@@ -425,8 +444,16 @@ impl Session {
             self.preface_pending = false;
         }
         let other_stream = |q: &VecDeque<Outgoing>| q.front().map_or(0, |o| o.stream);
-        let busy = if queue_is_control { other_stream(&self.bulk) } else { other_stream(&self.control) };
-        let queue = if queue_is_control { &mut self.control } else { &mut self.bulk };
+        let busy = if queue_is_control {
+            other_stream(&self.bulk)
+        } else {
+            other_stream(&self.control)
+        };
+        let queue = if queue_is_control {
+            &mut self.control
+        } else {
+            &mut self.bulk
+        };
         // Checked non-empty above.
         let head = queue.front_mut().expect("queue checked non-empty");
         let remaining = head.body.len() - head.offset;
@@ -481,12 +508,19 @@ impl Session {
     // ---- internals -----------------------------------------------------------------------
 
     fn keepalive(&self) -> Duration {
-        self.negotiated.as_ref().map_or(self.config.keepalive, |n| n.keepalive)
+        self.negotiated
+            .as_ref()
+            .map_or(self.config.keepalive, |n| n.keepalive)
     }
 
     fn enqueue(&mut self, body: Bytes, priority: Priority) {
         self.queued_bytes += body.len();
-        let item = Outgoing { body, offset: 0, stream: 0, is_ping: false };
+        let item = Outgoing {
+            body,
+            offset: 0,
+            stream: 0,
+            is_ping: false,
+        };
         match priority {
             Priority::Control => self.control.push_back(item),
             Priority::Bulk => self.bulk.push_back(item),
@@ -524,8 +558,11 @@ impl Session {
             }
             (SessionState::Established, Message::Ping) => {}
             (SessionState::Established, Message::Extension(e)) => {
-                let negotiated = self.negotiated.as_ref().ok_or(Misuse::NotEstablished)?;
-                if negotiated.extensions.iter().any(|n| *n == e.name) {
+                let negotiated = self
+                    .negotiated
+                    .as_ref()
+                    .map_or(&[][..], |n| &n.extensions[..]);
+                if negotiated.iter().any(|n| *n == e.name) {
                     self.events.push_back(Event::Message(Message::Extension(e)));
                 } else {
                     self.stats.messages_ignored += 1;
@@ -559,8 +596,13 @@ impl Session {
                 theirs: hello.versions.clone(),
             })?;
         let theirs: BTreeSet<&String> = hello.extensions.iter().collect();
-        let extensions: BTreeSet<String> =
-            self.config.extensions.iter().filter(|e| theirs.contains(e)).cloned().collect();
+        let extensions: BTreeSet<String> = self
+            .config
+            .extensions
+            .iter()
+            .filter(|e| theirs.contains(e))
+            .cloned()
+            .collect();
         let requested = Duration::from_secs(u64::from(hello.keepalive));
         Ok(Negotiated {
             version,
@@ -574,14 +616,18 @@ impl Session {
     /// Ends the session because of `reason`, telling the peer why.
     fn fail(&mut self, reason: CloseReason) {
         let (code, text) = match &reason {
-            CloseReason::Error(e @ Error::Incompatible(_)) => (CloseCode::INCOMPATIBLE, e.to_string()),
+            CloseReason::Error(e @ Error::Incompatible(_)) => {
+                (CloseCode::INCOMPATIBLE, e.to_string())
+            }
             CloseReason::Error(e) => (CloseCode::PROTOCOL_ERROR, e.to_string()),
-            CloseReason::TimedOut(Timeout::Handshake) => {
-                (CloseCode::TIMEOUT, "no HELLO within the handshake timeout".to_owned())
-            }
-            CloseReason::TimedOut(Timeout::Idle) => {
-                (CloseCode::TIMEOUT, "nothing received within the idle timeout".to_owned())
-            }
+            CloseReason::TimedOut(Timeout::Handshake) => (
+                CloseCode::TIMEOUT,
+                "no HELLO within the handshake timeout".to_owned(),
+            ),
+            CloseReason::TimedOut(Timeout::Idle) => (
+                CloseCode::TIMEOUT,
+                "nothing received within the idle timeout".to_owned(),
+            ),
             CloseReason::Local { code, reason } | CloseReason::Peer { code, reason } => {
                 (*code, reason.clone())
             }

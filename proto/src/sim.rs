@@ -80,7 +80,10 @@ pub struct LinkConfig {
 
 impl Default for LinkConfig {
     fn default() -> Self {
-        LinkConfig { latency: Duration::from_millis(20), bandwidth: None }
+        LinkConfig {
+            latency: Duration::from_millis(20),
+            bandwidth: None,
+        }
     }
 }
 
@@ -96,8 +99,7 @@ pub struct ClockSkew {
 impl ClockSkew {
     fn local(&self, t: Timestamp) -> Timestamp {
         let t = i128::from(t.as_micros());
-        let local =
-            t + i128::from(self.offset_micros) + t * i128::from(self.drift_ppm) / 1_000_000;
+        let local = t + i128::from(self.offset_micros) + t * i128::from(self.drift_ppm) / 1_000_000;
         Timestamp::from_micros(local.clamp(0, i128::from(u64::MAX)) as u64)
     }
 
@@ -105,7 +107,13 @@ impl ClockSkew {
     fn true_time_of(&self, local: Timestamp) -> Timestamp {
         let l = i128::from(local.as_micros()) - i128::from(self.offset_micros);
         let rate = 1_000_000 + i128::from(self.drift_ppm);
-        let mut t = Timestamp::from_micros((l * 1_000_000 / rate).clamp(0, i128::from(u64::MAX)) as u64);
+        let mut t =
+            Timestamp::from_micros((l * 1_000_000 / rate).clamp(0, i128::from(u64::MAX)) as u64);
+        // The estimate is off by rounding only; walk to the exact answer.
+        while t > Timestamp::ZERO && self.local(Timestamp::from_micros(t.as_micros() - 1)) >= local
+        {
+            t = Timestamp::from_micros(t.as_micros() - 1);
+        }
         while self.local(t) < local && t < Timestamp::MAX {
             t = Timestamp::from_micros(t.as_micros() + 1);
         }
@@ -145,6 +153,8 @@ struct Direction {
     in_flight: VecDeque<(Timestamp, Option<Bytes>)>,
     /// Whether a DeliverNext event is scheduled for this direction.
     scheduled: bool,
+    /// Whether a Pump event is scheduled for this direction (its socket buffer was full).
+    pump_scheduled: bool,
     /// The true time at which the sender's bytes so far have left the wire (bandwidth).
     wire_free_at: Timestamp,
     /// Bytes accepted from the sender.
@@ -270,7 +280,13 @@ impl<N: SimNode> Simulator<N> {
         let node = (self.factory)(id, None, local);
         self.nodes.insert(
             id,
-            NodeSlot { node: Some(node), persisted: None, skew, timer: None, timer_generation: 0 },
+            NodeSlot {
+                node: Some(node),
+                persisted: None,
+                skew,
+                timer: None,
+                timer_generation: 0,
+            },
         );
         self.record(format!("add node {id} skew {skew:?}"));
         self.settle(id);
@@ -367,24 +383,34 @@ impl<N: SimNode> Simulator<N> {
     /// With `silent`, peers are not told (a power cut); otherwise their connections end after
     /// one latency (the host's kernel resets them).
     pub fn crash(&mut self, node: NodeId, silent: bool) {
-        let Some(slot) = self.nodes.get_mut(&node) else { return };
-        let Some(state) = slot.node.take() else { return };
+        let Some(slot) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        let Some(state) = slot.node.take() else {
+            return;
+        };
         slot.persisted = Some(state.persisted());
         slot.timer = None;
         slot.timer_generation += 1;
         self.record(format!("crash {node} silent {silent}"));
-        let ids: Vec<ConnId> =
-            self.conns.iter().filter(|(_, c)| c.side(node).is_some()).map(|(&id, _)| id).collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.side(node).is_some())
+            .map(|(&id, _)| id)
+            .collect();
         for id in ids {
-            let Some(c) = self.conns.get_mut(&id) else { continue };
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
             let Some(side) = c.side(node) else { continue };
             c.open[side] = false;
             // Nothing more leaves the crashed side; what it sent is dropped with its buffers.
             c.dirs[side].in_flight.clear();
             c.dirs[side].closed = true;
-            // Nothing arrives at it any more.
+            // Nothing arrives at it any more; the survivor may still write into the void
+            // until it notices.
             c.dirs[1 - side].in_flight.clear();
-            c.dirs[1 - side].closed = true;
             let ends = c.ends;
             if !silent {
                 let t = self.now + self.link(ends[0], ends[1]).latency;
@@ -420,7 +446,9 @@ impl<N: SimNode> Simulator<N> {
 
     /// `node`'s local clock now.
     pub fn local_now(&self, node: NodeId) -> Timestamp {
-        self.nodes.get(&node).map_or(self.now, |s| s.skew.local(self.now))
+        self.nodes
+            .get(&node)
+            .map_or(self.now, |s| s.skew.local(self.now))
     }
 
     /// A running node.
@@ -430,7 +458,11 @@ impl<N: SimNode> Simulator<N> {
 
     /// Runs `f` on a running node (to issue commands), then lets the simulator act on what
     /// the node now wants. Returns `None` if the node is down.
-    pub fn with_node<R>(&mut self, id: NodeId, f: impl FnOnce(&mut N, Timestamp) -> R) -> Option<R> {
+    pub fn with_node<R>(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut N, Timestamp) -> R,
+    ) -> Option<R> {
         let local = self.local_now(id);
         let result = f(self.nodes.get_mut(&id)?.node.as_mut()?, local);
         self.settle(id);
@@ -459,7 +491,9 @@ impl<N: SimNode> Simulator<N> {
 
     /// Processes the next event. Returns `false` when nothing is left to do.
     pub fn step(&mut self) -> bool {
-        let Some(((at, _), event)) = self.queue.pop_first() else { return false };
+        let Some(((at, _), event)) = self.queue.pop_first() else {
+            return false;
+        };
         self.now = self.now.max(at);
         self.events_processed += 1;
         self.process(event);
@@ -505,7 +539,10 @@ impl<N: SimNode> Simulator<N> {
     // ---- internals -----------------------------------------------------------------------
 
     fn link(&self, a: NodeId, b: NodeId) -> LinkConfig {
-        self.links.get(&pair(a, b)).copied().unwrap_or(self.default_link)
+        self.links
+            .get(&pair(a, b))
+            .copied()
+            .unwrap_or(self.default_link)
     }
 
     fn push(&mut self, at: Timestamp, event: SimEvent) {
@@ -529,7 +566,9 @@ impl<N: SimNode> Simulator<N> {
     fn process(&mut self, event: SimEvent) {
         match event {
             SimEvent::Timer { node, generation } => {
-                let Some(slot) = self.nodes.get_mut(&node) else { return };
+                let Some(slot) = self.nodes.get_mut(&node) else {
+                    return;
+                };
                 if slot.timer_generation != generation || slot.node.is_none() {
                     return;
                 }
@@ -557,7 +596,9 @@ impl<N: SimNode> Simulator<N> {
                 }
             }
             SimEvent::Connected { conn } => {
-                let Some(c) = self.conns.get(&conn) else { return };
+                let Some(c) = self.conns.get(&conn) else {
+                    return;
+                };
                 let [from, to] = c.ends;
                 if !self.running(from) || !self.running(to) || self.partitioned(from, to) {
                     self.conns.remove(&conn);
@@ -583,7 +624,8 @@ impl<N: SimNode> Simulator<N> {
                 self.settle(to);
             }
             SimEvent::Pump { conn, dir } => {
-                if let Some(c) = self.conns.get(&conn) {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.dirs[dir].pump_scheduled = false;
                     let node = c.ends[dir];
                     self.pump(node, conn, dir);
                     self.settle(node);
@@ -598,19 +640,25 @@ impl<N: SimNode> Simulator<N> {
     }
 
     fn deliver_next(&mut self, conn: ConnId, dir: usize) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.dirs[dir].scheduled = false;
         let [a, b] = c.ends;
         if self.partitions.contains(&pair(a, b)) {
             // Stalled until heal, which reschedules.
             return;
         }
-        let Some(&(at, _)) = c.dirs[dir].in_flight.front() else { return };
+        let Some(&(at, _)) = c.dirs[dir].in_flight.front() else {
+            return;
+        };
         if at > self.now {
             self.schedule_delivery(conn, dir);
             return;
         }
-        let Some((_, item)) = c.dirs[dir].in_flight.pop_front() else { return };
+        let Some((_, item)) = c.dirs[dir].in_flight.pop_front() else {
+            return;
+        };
         let to = c.ends[1 - dir];
         let receiver_open = c.open[1 - dir];
         match item {
@@ -640,9 +688,10 @@ impl<N: SimNode> Simulator<N> {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     let was_open = c.open[1 - dir];
                     c.open[1 - dir] = false;
-                    // The receiver can send no more either: the connection is gone.
+                    // The receiver can send no more either: the connection is gone. Its own
+                    // end of stream (after a cut) still reaches the other side.
                     c.dirs[1 - dir].closed = true;
-                    c.dirs[1 - dir].in_flight.clear();
+                    c.dirs[1 - dir].in_flight.retain(|(_, item)| item.is_none());
                     if was_open {
                         let local = self.local_now(to);
                         if let Some(n) = self.nodes.get_mut(&to).and_then(|s| s.node.as_mut()) {
@@ -669,33 +718,52 @@ impl<N: SimNode> Simulator<N> {
     }
 
     fn schedule_delivery(&mut self, conn: ConnId, dir: usize) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if c.dirs[dir].scheduled {
             return;
         }
-        let Some(&(at, _)) = c.dirs[dir].in_flight.front() else { return };
+        let Some(&(at, _)) = c.dirs[dir].in_flight.front() else {
+            return;
+        };
         c.dirs[dir].scheduled = true;
         self.push(at, SimEvent::DeliverNext { conn, dir });
     }
 
     /// Lets `node` act: its network actions, its pending bytes on every connection, its timer.
+    /// Repeats until pulling bytes produces no new action (a session that sent its last
+    /// frame asks for its connection to be closed).
     fn settle(&mut self, node: NodeId) {
         let local = self.local_now(node);
+        let mut first = true;
         loop {
-            let Some(n) = self.nodes.get_mut(&node).and_then(|s| s.node.as_mut()) else { return };
-            let Some(action) = n.poll_action(local) else { break };
-            match action {
-                Action::Connect { to } => self.dial(node, to),
-                Action::Close { conn } => self.close_from(node, conn),
+            let mut acted = false;
+            loop {
+                let Some(n) = self.nodes.get_mut(&node).and_then(|s| s.node.as_mut()) else {
+                    return;
+                };
+                let Some(action) = n.poll_action(local) else {
+                    break;
+                };
+                acted = true;
+                match action {
+                    Action::Connect { to } => self.dial(node, to),
+                    Action::Close { conn } => self.close_from(node, conn),
+                }
             }
-        }
-        let ids: Vec<(ConnId, usize)> = self
-            .conns
-            .iter()
-            .filter_map(|(&id, c)| c.side(node).filter(|&s| c.open[s]).map(|s| (id, s)))
-            .collect();
-        for (id, side) in ids {
-            self.pump(node, id, side);
+            if !acted && !first {
+                break;
+            }
+            first = false;
+            let ids: Vec<(ConnId, usize)> = self
+                .conns
+                .iter()
+                .filter_map(|(&id, c)| c.side(node).filter(|&s| c.open[s]).map(|s| (id, s)))
+                .collect();
+            for (id, side) in ids {
+                self.pump(node, id, side);
+            }
         }
         self.rearm(node);
     }
@@ -704,12 +772,19 @@ impl<N: SimNode> Simulator<N> {
         let link = self.link(from, to);
         if !self.nodes.contains_key(&to) || self.partitioned(from, to) {
             self.record(format!("dial {from} -> {to} (unreachable)"));
-            self.push(self.now + CONNECT_TIMEOUT, SimEvent::ConnectFailed { from, to });
+            self.push(
+                self.now + CONNECT_TIMEOUT,
+                SimEvent::ConnectFailed { from, to },
+            );
             return;
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        let mut conn = Conn { ends: [from, to], dirs: Default::default(), open: [false, false] };
+        let mut conn = Conn {
+            ends: [from, to],
+            dirs: Default::default(),
+            open: [false, false],
+        };
         if let Some((percent, max_offset)) = self.random_cuts {
             for dir in &mut conn.dirs {
                 if self.rng.next_u32() % 100 < percent {
@@ -721,11 +796,16 @@ impl<N: SimNode> Simulator<N> {
         self.conns.insert(id, conn);
         self.record(format!("dial {from} -> {to} conn {id} cuts {cuts:?}"));
         // One round trip to set up (refused after it if the peer is down by then).
-        self.push(self.now + link.latency * 2, SimEvent::Connected { conn: id });
+        self.push(
+            self.now + link.latency * 2,
+            SimEvent::Connected { conn: id },
+        );
     }
 
     fn close_from(&mut self, node: NodeId, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let Some(side) = c.side(node) else { return };
         if !c.open[side] {
             return;
@@ -735,13 +815,17 @@ impl<N: SimNode> Simulator<N> {
         self.end_direction(conn, side);
         // Whatever the peer still sends is discarded by the closed socket.
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.dirs[1 - side].in_flight.retain(|(_, item)| item.is_none());
+            c.dirs[1 - side]
+                .in_flight
+                .retain(|(_, item)| item.is_none());
         }
     }
 
     /// Queues the end of stream from `side` after everything it already sent.
     fn end_direction(&mut self, conn: ConnId, side: usize) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         if c.dirs[side].closed {
             return;
         }
@@ -750,7 +834,10 @@ impl<N: SimNode> Simulator<N> {
         if let Some(c) = self.conns.get_mut(&conn) {
             let d = &mut c.dirs[side];
             d.closed = true;
-            let at = d.in_flight.back().map_or(now + latency, |&(t, _)| t.max(now + latency));
+            let at = d
+                .in_flight
+                .back()
+                .map_or(now + latency, |&(t, _)| t.max(now + latency));
             d.in_flight.push_back((at, None));
         }
         self.schedule_delivery(conn, side);
@@ -758,11 +845,15 @@ impl<N: SimNode> Simulator<N> {
 
     /// Pulls bytes from `node` for `conn` while its socket buffer has room.
     fn pump(&mut self, node: NodeId, conn: ConnId, side: usize) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let link = self.link(c.ends[0], c.ends[1]);
         let local = self.local_now(node);
         loop {
-            let Some(c) = self.conns.get(&conn) else { return };
+            let Some(c) = self.conns.get(&conn) else {
+                return;
+            };
             let d = &c.dirs[side];
             if d.closed || !c.open[side] {
                 return;
@@ -771,20 +862,31 @@ impl<N: SimNode> Simulator<N> {
                 let buffered = self.now.max(d.wire_free_at) - self.now;
                 let budget = Duration::from_micros(SOCKET_BUFFER * 1_000_000 / bw.max(1));
                 if buffered >= budget {
-                    let at = d.wire_free_at - budget / 2;
-                    self.push(at, SimEvent::Pump { conn, dir: side });
+                    if !d.pump_scheduled {
+                        let at = d.wire_free_at - budget / 2;
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.dirs[side].pump_scheduled = true;
+                        }
+                        self.push(at, SimEvent::Pump { conn, dir: side });
+                    }
                     return;
                 }
             }
-            let Some(n) = self.nodes.get_mut(&node).and_then(|s| s.node.as_mut()) else { return };
-            let Some(bytes) = n.poll_transmit(local, conn) else { return };
+            let Some(n) = self.nodes.get_mut(&node).and_then(|s| s.node.as_mut()) else {
+                return;
+            };
+            let Some(bytes) = n.poll_transmit(local, conn) else {
+                return;
+            };
             let now = self.now;
-            let Some(c) = self.conns.get_mut(&conn) else { return };
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
             let d = &mut c.dirs[side];
             let start = now.max(d.wire_free_at);
-            let on_wire = link
-                .bandwidth
-                .map_or(Duration::ZERO, |bw| Duration::from_micros(bytes.len() as u64 * 1_000_000 / bw.max(1)));
+            let on_wire = link.bandwidth.map_or(Duration::ZERO, |bw| {
+                Duration::from_micros(bytes.len() as u64 * 1_000_000 / bw.max(1))
+            });
             d.wire_free_at = start + on_wire;
             let at = d.wire_free_at + link.latency;
             // Keep order even if the link changed.
@@ -798,7 +900,9 @@ impl<N: SimNode> Simulator<N> {
 
     /// Trims what `side` has in flight to its cut offset and ends the connection there.
     fn apply_cut(&mut self, conn: ConnId, side: usize) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let d = &mut c.dirs[side];
         let Some(cut) = d.cut_at else { return };
         if d.sent < cut || d.closed {
@@ -807,7 +911,9 @@ impl<N: SimNode> Simulator<N> {
         // Keep exactly `cut` bytes of everything ever sent in this direction.
         let mut excess = d.sent - cut;
         while excess > 0 {
-            let Some((_, Some(last))) = d.in_flight.back_mut() else { break };
+            let Some((_, Some(last))) = d.in_flight.back_mut() else {
+                break;
+            };
             if last.len() as u64 <= excess {
                 excess -= last.len() as u64;
                 d.in_flight.pop_back();
@@ -828,7 +934,9 @@ impl<N: SimNode> Simulator<N> {
     }
 
     fn rearm(&mut self, node: NodeId) {
-        let Some(slot) = self.nodes.get_mut(&node) else { return };
+        let Some(slot) = self.nodes.get_mut(&node) else {
+            return;
+        };
         let Some(n) = slot.node.as_ref() else { return };
         let deadline = n.poll_timeout().map(|local| slot.skew.true_time_of(local));
         if deadline == slot.timer {
@@ -868,9 +976,18 @@ mod tests {
     #[test]
     fn skewed_clocks_invert() {
         for skew in [
-            ClockSkew { offset_micros: 0, drift_ppm: 0 },
-            ClockSkew { offset_micros: 5_000_000, drift_ppm: 250 },
-            ClockSkew { offset_micros: -3_000_000, drift_ppm: -400 },
+            ClockSkew {
+                offset_micros: 0,
+                drift_ppm: 0,
+            },
+            ClockSkew {
+                offset_micros: 5_000_000,
+                drift_ppm: 250,
+            },
+            ClockSkew {
+                offset_micros: -3_000_000,
+                drift_ppm: -400,
+            },
         ] {
             for t in [0u64, 1, 999_999, 3_600_000_000, 1_814_400_000_000] {
                 let local = Timestamp::from_micros(t);

@@ -131,8 +131,14 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         assert_eq!(Timestamp::MAX + Duration::from_secs(1), Timestamp::MAX);
-        assert_eq!(Timestamp::from_secs(1) - Duration::from_secs(2), Timestamp::ZERO);
-        assert_eq!(Timestamp::from_secs(1) - Timestamp::from_secs(2), Duration::ZERO);
+        assert_eq!(
+            Timestamp::from_secs(1) - Duration::from_secs(2),
+            Timestamp::ZERO
+        );
+        assert_eq!(
+            Timestamp::from_secs(1) - Timestamp::from_secs(2),
+            Duration::ZERO
+        );
         assert_eq!(Timestamp::ZERO + Duration::MAX, Timestamp::MAX);
         assert_eq!(Timestamp::from_secs(u64::MAX), Timestamp::MAX);
         assert_eq!(
@@ -144,13 +150,22 @@ mod tests {
     #[test]
     fn clock_clamps_backward_steps() {
         let mut clock = Clock::new(Timestamp::from_secs(10));
-        assert_eq!(clock.observe(Timestamp::from_secs(5)), Timestamp::from_secs(10));
-        assert_eq!(clock.observe(Timestamp::from_secs(11)), Timestamp::from_secs(11));
+        assert_eq!(
+            clock.observe(Timestamp::from_secs(5)),
+            Timestamp::from_secs(10)
+        );
+        assert_eq!(
+            clock.observe(Timestamp::from_secs(11)),
+            Timestamp::from_secs(11)
+        );
         assert_eq!(clock.latest(), Timestamp::from_secs(11));
     }
 
     #[test]
     fn debug_shows_seconds() {
-        assert_eq!(format!("{:?}", Timestamp::from_micros(1_000_123)), "1.000123s");
+        assert_eq!(
+            format!("{:?}", Timestamp::from_micros(1_000_123)),
+            "1.000123s"
+        );
     }
 }

@@ -21,6 +21,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes one CBOR item that must fill `bytes` exactly.
 pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ProtocolViolation> {
-    serde_cbor::from_slice(bytes)
-        .map_err(|e| ProtocolViolation::MalformedMessage { detail: e.to_string() })
+    serde_cbor::from_slice(bytes).map_err(|e| ProtocolViolation::MalformedMessage {
+        detail: e.to_string(),
+    })
 }

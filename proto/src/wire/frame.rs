@@ -26,8 +26,8 @@ pub enum FrameKind {
     Message,
     /// `0x02`: a piece of a segmented message.
     Segment,
-    /// `0x80..=0xff`: a kind this version does not use, which receivers skip (padding,
-    /// future hints).
+    /// `0x80..=0xff`: a kind this version does not use, which receivers skip whole, whatever
+    /// its flags and stream (padding, future hints).
     Ignorable(u8),
 }
 
@@ -49,8 +49,8 @@ pub struct FrameHeader {
     pub len: u32,
     /// The frame kind.
     pub kind: FrameKind,
-    /// Whether this segment ends its message (SEGMENT only).
-    pub fin: bool,
+    /// The flags byte: [`FLAG_FIN`] on SEGMENT frames, anything on ignorable ones.
+    pub flags: u8,
     /// The stream of a SEGMENT frame (non-zero); zero for MESSAGE frames.
     pub stream: u16,
 }
@@ -58,12 +58,23 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// A MESSAGE frame header.
     pub fn message(len: usize) -> FrameHeader {
-        FrameHeader { len: frame_len(len), kind: FrameKind::Message, fin: false, stream: 0 }
+        FrameHeader {
+            len: frame_len(len),
+            kind: FrameKind::Message,
+            flags: 0,
+            stream: 0,
+        }
     }
 
     /// A SEGMENT frame header.
     pub fn segment(len: usize, stream: u16, fin: bool) -> FrameHeader {
-        FrameHeader { len: frame_len(len), kind: FrameKind::Segment, fin, stream }
+        let flags = if fin { FLAG_FIN } else { 0 };
+        FrameHeader {
+            len: frame_len(len),
+            kind: FrameKind::Segment,
+            flags,
+            stream,
+        }
     }
 
     /// Parses and validates the first [`FRAME_HEADER_LEN`] bytes of `buf`.
@@ -84,38 +95,63 @@ impl FrameHeader {
         };
         let allowed_flags = match kind {
             FrameKind::Segment => FLAG_FIN,
-            FrameKind::Message | FrameKind::Ignorable(_) => 0,
+            FrameKind::Message => 0,
+            // Flags and stream of an ignorable frame belong to the future kind that defines
+            // them; this version skips the frame whole.
+            FrameKind::Ignorable(_) => 0xff,
         };
         if flags & !allowed_flags != 0 {
-            return Err(ProtocolViolation::ReservedFlags { kind: kind_byte, flags });
+            return Err(ProtocolViolation::ReservedFlags {
+                kind: kind_byte,
+                flags,
+            });
         }
-        let fin = flags & FLAG_FIN != 0;
+        let header = FrameHeader {
+            len,
+            kind,
+            flags,
+            stream,
+        };
         match kind {
-            FrameKind::Message | FrameKind::Ignorable(_) if stream != 0 => {
-                return Err(ProtocolViolation::BadStream { kind: kind_byte, stream });
+            FrameKind::Message if stream != 0 => {
+                return Err(ProtocolViolation::BadStream {
+                    kind: kind_byte,
+                    stream,
+                });
             }
             FrameKind::Segment if stream == 0 => {
-                return Err(ProtocolViolation::BadStream { kind: kind_byte, stream });
+                return Err(ProtocolViolation::BadStream {
+                    kind: kind_byte,
+                    stream,
+                });
             }
-            FrameKind::Segment if len == 0 && !fin => {
+            FrameKind::Segment if len == 0 && !header.fin() => {
                 return Err(ProtocolViolation::EmptySegment { stream });
             }
             _ => {}
         }
-        Ok(FrameHeader { len, kind, fin, stream })
+        Ok(header)
+    }
+
+    /// Whether this SEGMENT frame ends its message.
+    pub fn fin(&self) -> bool {
+        self.kind == FrameKind::Segment && self.flags & FLAG_FIN != 0
     }
 
     /// Writes the header's 8 bytes.
     pub fn encode(&self, out: &mut impl BufMut) {
         out.put_u32(self.len);
         out.put_u8(self.kind.to_byte());
-        out.put_u8(if self.fin { FLAG_FIN } else { 0 });
+        out.put_u8(self.flags);
         out.put_u16(self.stream);
     }
 }
 
 fn frame_len(len: usize) -> u32 {
-    assert!(len <= MAX_FRAME_PAYLOAD, "frame payload of {len} bytes: callers split at MAX_FRAME_PAYLOAD");
+    assert!(
+        len <= MAX_FRAME_PAYLOAD,
+        "frame payload of {len} bytes: callers split at MAX_FRAME_PAYLOAD"
+    );
     // Cannot truncate: MAX_FRAME_PAYLOAD fits in u32 and was just checked.
     len as u32
 }
@@ -163,12 +199,18 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder that expects the preface first.
     pub fn new() -> FrameDecoder {
-        FrameDecoder { buf: BytesMut::new(), state: DecoderState::Preface }
+        FrameDecoder {
+            buf: BytesMut::new(),
+            state: DecoderState::Preface,
+        }
     }
 
     /// A decoder for a stream whose preface was already consumed (tests, fuzzing).
     pub fn without_preface() -> FrameDecoder {
-        FrameDecoder { buf: BytesMut::new(), state: DecoderState::Frames }
+        FrameDecoder {
+            buf: BytesMut::new(),
+            state: DecoderState::Frames,
+        }
     }
 
     /// Appends received bytes.
@@ -261,7 +303,7 @@ impl Reassembler {
                 let stream = frame.header.stream;
                 let index = match self.open.iter().position(|(s, _)| *s == stream) {
                     Some(i) => i,
-                    None if frame.header.fin => {
+                    None if frame.header.fin() => {
                         // A one-segment message: no copy needed.
                         return Ok(Some(frame.payload));
                     }
@@ -279,7 +321,7 @@ impl Reassembler {
                     return Err(ProtocolViolation::MessageTooLarge { size });
                 }
                 buf.extend_from_slice(&frame.payload);
-                if frame.header.fin {
+                if frame.header.fin() {
                     let (_, body) = self.open.swap_remove(index);
                     Ok(Some(body.freeze()))
                 } else {
@@ -356,8 +398,14 @@ mod tests {
         };
         assert_eq!(r.push(seg(1, false, b"ab")), Ok(None));
         assert_eq!(r.push(seg(2, false, b"cd")), Ok(None));
-        assert_eq!(r.push(seg(3, false, b"ef")), Err(ProtocolViolation::TooManyStreams));
-        assert_eq!(r.push(seg(1, true, b"!")), Ok(Some(Bytes::from_static(b"ab!"))));
+        assert_eq!(
+            r.push(seg(3, false, b"ef")),
+            Err(ProtocolViolation::TooManyStreams)
+        );
+        assert_eq!(
+            r.push(seg(1, true, b"!")),
+            Ok(Some(Bytes::from_static(b"ab!")))
+        );
         assert_eq!(r.buffered(), 2);
         let big = Frame {
             header: FrameHeader::segment(MAX_FRAME_PAYLOAD, 2, false),
@@ -370,6 +418,9 @@ mod tests {
                 break;
             }
         }
-        assert!(matches!(result, Err(ProtocolViolation::MessageTooLarge { .. })));
+        assert!(matches!(
+            result,
+            Err(ProtocolViolation::MessageTooLarge { .. })
+        ));
     }
 }

@@ -90,13 +90,18 @@ impl Message {
             Decoded::Close(c) => Some(Message::Close(c.validate()?)),
             Decoded::Extension { name, payload } => {
                 if !is_valid_extension_name(&name) {
-                    return Err(ProtocolViolation::BadExtensionName { name: name.into_owned() });
+                    return Err(ProtocolViolation::BadExtensionName {
+                        name: name.into_owned(),
+                    });
                 }
                 let payload = match payload {
                     Cow::Borrowed(slice) => body.slice_ref(slice),
                     Cow::Owned(vec) => Bytes::from(vec),
                 };
-                Some(Message::Extension(ExtensionMessage { name: name.into_owned(), payload }))
+                Some(Message::Extension(ExtensionMessage {
+                    name: name.into_owned(),
+                    payload,
+                }))
             }
         })
     }
@@ -214,7 +219,10 @@ enum Decoded<'de> {
     Hello(HelloWire),
     Ping,
     Close(Close),
-    Extension { name: Cow<'de, str>, payload: Cow<'de, [u8]> },
+    Extension {
+        name: Cow<'de, str>,
+        payload: Cow<'de, [u8]>,
+    },
     Unknown,
 }
 
@@ -237,7 +245,12 @@ impl HelloWire {
         self.extensions.check("extensions")?;
         check_len("name", self.name.len(), MAX_NAME_LEN)?;
         check_len("software", self.software.len(), MAX_NAME_LEN)?;
-        if let Some(bad) = self.extensions.items.iter().find(|n| !is_valid_extension_name(n)) {
+        if let Some(bad) = self
+            .extensions
+            .items
+            .iter()
+            .find(|n| !is_valid_extension_name(n))
+        {
             return Err(ProtocolViolation::BadExtensionName { name: bad.clone() });
         }
         Ok(Hello {
@@ -258,10 +271,15 @@ impl Close {
 }
 
 fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), ProtocolViolation> {
-    if len > max { Err(ProtocolViolation::FieldTooLong { field, len, max }) } else { Ok(()) }
+    if len > max {
+        Err(ProtocolViolation::FieldTooLong { field, len, max })
+    } else {
+        Ok(())
+    }
 }
 
-/// A CBOR array decoded into at most `MAX + 1` items; the rest are counted and skipped.
+/// A CBOR array decoded into at most `MAX` items; the rest are only counted, so `check` can
+/// report the true length without the decoder allocating for it.
 struct Capped<T, const MAX: usize> {
     items: Vec<T>,
     total: usize,
@@ -269,7 +287,10 @@ struct Capped<T, const MAX: usize> {
 
 impl<T, const MAX: usize> Default for Capped<T, MAX> {
     fn default() -> Self {
-        Capped { items: Vec::new(), total: 0 }
+        Capped {
+            items: Vec::new(),
+            total: 0,
+        }
     }
 }
 
@@ -402,7 +423,10 @@ mod tests {
         for m in [
             Message::Hello(hello()),
             Message::Ping,
-            Message::Close(Close { code: CloseCode::GOING_AWAY, reason: "bye".into() }),
+            Message::Close(Close {
+                code: CloseCode::GOING_AWAY,
+                reason: "bye".into(),
+            }),
             Message::Extension(ExtensionMessage {
                 name: "com.example.chat".into(),
                 payload: Bytes::from_static(b"hi"),
@@ -420,23 +444,36 @@ mod tests {
             payload: Bytes::from(vec![7u8; 1000]),
         });
         let body = Bytes::from(m.encode());
-        let Some(Message::Extension(e)) = Message::decode(&body).unwrap() else { panic!() };
+        let Some(Message::Extension(e)) = Message::decode(&body).unwrap() else {
+            panic!()
+        };
         let range = body.as_ptr_range();
         assert!(range.contains(&e.payload.as_ptr()));
     }
 
     #[test]
     fn capped_lists_count_without_collecting() {
-        let wire = (0u8, HelloBody { versions: vec![1; 1000] });
+        let wire = (
+            0u8,
+            HelloBody {
+                versions: vec![1; 1000],
+                keepalive: 30,
+            },
+        );
         #[derive(Serialize)]
         struct HelloBody {
             versions: Vec<u32>,
+            keepalive: u32,
         }
         let body = Bytes::from(codec::encode(&wire));
         let err = Message::decode(&body).unwrap_err();
         assert_eq!(
             err,
-            ProtocolViolation::FieldTooLong { field: "versions", len: 1000, max: MAX_VERSIONS }
+            ProtocolViolation::FieldTooLong {
+                field: "versions",
+                len: 1000,
+                max: MAX_VERSIONS
+            }
         );
     }
 }

@@ -72,7 +72,8 @@ pub fn is_valid_extension_name(name: &str) -> bool {
         !l.is_empty()
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
     let labels = domain.split('.').count();
     let suffix_ok = suffix.is_none_or(|s| {
@@ -89,7 +90,12 @@ mod tests {
 
     #[test]
     fn extension_names() {
-        for ok in ["org.clearskies.db", "com.example.chat/2", "io.x1.a-b", "a.b"] {
+        for ok in [
+            "org.clearskies.db",
+            "com.example.chat/2",
+            "io.x1.a-b",
+            "a.b",
+        ] {
             assert!(is_valid_extension_name(ok), "{ok}");
         }
         for bad in [
@@ -104,6 +110,9 @@ mod tests {
         ] {
             assert!(!is_valid_extension_name(bad), "{bad}");
         }
-        assert!(!is_valid_extension_name(&format!("a.{}", "b".repeat(MAX_EXTENSION_NAME))));
+        assert!(!is_valid_extension_name(&format!(
+            "a.{}",
+            "b".repeat(MAX_EXTENSION_NAME)
+        )));
     }
 }
