@@ -77,6 +77,11 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Runs `session` over `io` until it finishes, forwarding its events to `events` and taking
 /// commands from `commands`. Returns the transport error, if one ended the session.
+///
+/// Reading and writing proceed together: the loop writes a frame only while the socket takes
+/// it and keeps reading meanwhile, so two peers that both send a lot cannot deadlock on full
+/// socket buffers, and a control message queued behind bulk data leaves as soon as the frame
+/// in progress is written.
 pub async fn run_session<T>(
     mut session: Session,
     io: T,
@@ -90,21 +95,20 @@ where
     let (mut reader, mut writer) = tokio::io::split(io);
     let mut buf = vec![0u8; READ_BUFFER];
     let mut commands_open = true;
+    // The frame being written, and whether written bytes may still sit in a buffer.
+    let mut pending = Bytes::new();
+    let mut needs_flush = false;
     loop {
-        // Drain: events to the app, frames to the socket.
         while let Some(event) = session.poll_event() {
             // The app hung up on events: keep running the protocol anyway.
             let _ = events.send(event).await;
         }
-        let mut wrote = false;
-        while let Some(bytes) = session.poll_transmit(clock.now()) {
-            writer.write_all(&bytes).await?;
-            wrote = true;
+        if pending.is_empty()
+            && let Some(frame) = session.poll_transmit(clock.now())
+        {
+            pending = frame;
         }
-        if wrote {
-            writer.flush().await?;
-        }
-        if session.is_finished() {
+        if pending.is_empty() && !needs_flush && session.is_finished() {
             let _ = writer.shutdown().await;
             return Ok(());
         }
@@ -122,6 +126,15 @@ where
                     return Err(e);
                 }
             },
+            written = write_or_flush(&mut writer, &pending), if !pending.is_empty() || needs_flush => {
+                match written? {
+                    0 => needs_flush = false,
+                    n => {
+                        let _ = pending.split_to(n);
+                        needs_flush = true;
+                    }
+                }
+            }
             command = commands.recv(), if commands_open => match command {
                 Some(Command::Send(message, priority, reply)) => {
                     // The app may have stopped waiting for the answer; that is its business.
@@ -137,6 +150,18 @@ where
         if deadline.is_some_and(|d| d <= now) {
             session.handle_timeout(now);
         }
+    }
+}
+
+/// Writes some of `pending` (returning how much), or flushes when it is empty (returning 0).
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    pending: &[u8],
+) -> std::io::Result<usize> {
+    if pending.is_empty() {
+        writer.flush().await.map(|()| 0)
+    } else {
+        writer.write(pending).await
     }
 }
 

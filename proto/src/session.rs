@@ -385,7 +385,7 @@ impl Session {
                 return Err(Misuse::ReservedMessage.into());
             }
             Message::Extension(e) => {
-                if !negotiated.extensions.iter().any(|n| *n == e.name) {
+                if !negotiated.extensions.contains(&e.name) {
                     return Err(Misuse::ExtensionNotNegotiated {
                         name: e.name.clone(),
                     }
@@ -562,7 +562,7 @@ impl Session {
                     .negotiated
                     .as_ref()
                     .map_or(&[][..], |n| &n.extensions[..]);
-                if negotiated.iter().any(|n| *n == e.name) {
+                if negotiated.contains(&e.name) {
                     self.events.push_back(Event::Message(Message::Extension(e)));
                 } else {
                     self.stats.messages_ignored += 1;

@@ -194,6 +194,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes a sender may have queued on the wire before the simulator stops pulling from it.
 pub const SOCKET_BUFFER: u64 = 256 * 1024;
 
+/// Builds a node, fresh (`None`) or from what it persisted before a crash.
+type Factory<N> = Box<dyn FnMut(NodeId, Option<&<N as SimNode>::Persisted>, Timestamp) -> N>;
+
 /// The simulator. See the [module docs](self).
 pub struct Simulator<N: SimNode> {
     seed: u64,
@@ -202,7 +205,7 @@ pub struct Simulator<N: SimNode> {
     seq: u64,
     queue: BTreeMap<(Timestamp, u64), SimEvent>,
     nodes: BTreeMap<NodeId, NodeSlot<N>>,
-    factory: Box<dyn FnMut(NodeId, Option<&N::Persisted>, Timestamp) -> N>,
+    factory: Factory<N>,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: ConnId,
     links: BTreeMap<(NodeId, NodeId), LinkConfig>,
