@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of every fuzz target from spec/vectors/ (deterministic).
+
+    python3 fuzz/seed_corpus.py        # creates fuzz/corpus/<target>/vector-<name>
+
+Each target's input format is described in its source under fuzz/fuzz_targets/.
+"""
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VECTORS = os.path.join(ROOT, "spec", "vectors")
+CORPUS = os.path.join(ROOT, "fuzz", "corpus")
+PREFACE = b"CSKY\x00\x01"
+
+
+def cases(name):
+    with open(os.path.join(VECTORS, name), encoding="utf-8") as f:
+        return json.load(f)["cases"]
+
+
+def unhex(s):
+    return bytes.fromhex("".join(s.split()))
+
+
+def write(target, name, data):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "vector-" + name), "wb") as f:
+        f.write(data)
+
+
+def session_steps(data, piece=31):
+    """The session target's format: a control byte (low 5 bits: piece length) then the piece."""
+    out = bytearray()
+    for i in range(0, len(data), piece):
+        chunk = data[i:i + piece]
+        out.append(len(chunk))
+        out += chunk
+    return bytes(out)
+
+
+def main():
+    count = 0
+    for c in cases("frames.json"):
+        # First byte: the piece size the target pushes the rest in.
+        write("frame_decoder", c["name"], bytes([7]) + PREFACE + unhex(c["hex"]))
+        count += 1
+    for c in cases("messages.json"):
+        write("message_decode", c["name"], unhex(c["hex"]))
+        count += 1
+    for c in cases("sessions.json"):
+        data = unhex(c["hex"])
+        write("session", c["name"], session_steps(data))
+        write("frame_decoder", "session-" + c["name"], bytes([255]) + data)
+        count += 2
+    print(f"wrote {count} seed inputs under {os.path.relpath(CORPUS, ROOT)}/")
+
+
+if __name__ == "__main__":
+    main()
