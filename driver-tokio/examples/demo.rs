@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clearskies_proto::session::{Event, Priority, Session, SessionConfig};
 use clearskies_proto::wire::{CloseCode, Message};
-use clearskies_tokio::{Command, MonotonicClock, extension_message, run_session};
+use clearskies_tokio::{MonotonicClock, SessionHandle, extension_message, run_session};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 const CHAT: &str = "com.example.chat";
 const BLOB: &str = "com.example.blob";
@@ -29,18 +29,6 @@ fn config(name: &str, keepalive: Duration) -> SessionConfig {
     }
 }
 
-async fn send(commands: &mpsc::Sender<Command>, message: Message, priority: Priority) {
-    let (reply, answer) = oneshot::channel();
-    commands
-        .send(Command::Send(message, priority, reply))
-        .await
-        .expect("session running");
-    answer
-        .await
-        .expect("session answered")
-        .expect("message accepted");
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -48,9 +36,9 @@ async fn main() -> std::io::Result<()> {
     println!("laptop listening on {addr}");
     let clock = MonotonicClock::new();
 
-    let (laptop_cmd, laptop_cmd_rx) = mpsc::channel(16);
+    let (laptop, laptop_cmd_rx) = SessionHandle::channel(16);
     let (laptop_ev_tx, mut laptop_ev) = mpsc::channel(16);
-    let laptop = tokio::spawn(async move {
+    let laptop_task = tokio::spawn(async move {
         let (stream, peer) = listener.accept().await?;
         println!("laptop accepted {peer}");
         stream.set_nodelay(true)?;
@@ -59,13 +47,13 @@ async fn main() -> std::io::Result<()> {
         run_session(session, stream, clock, laptop_cmd_rx, laptop_ev_tx).await
     });
 
-    let (phone_cmd, phone_cmd_rx) = mpsc::channel(16);
+    let (phone, phone_cmd_rx) = SessionHandle::channel(16);
     let (phone_ev_tx, mut phone_ev) = mpsc::channel(16);
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let session = Session::new(config("phone", Duration::from_secs(3600)), clock.now())
         .expect("valid config");
-    let phone = tokio::spawn(run_session(
+    let phone_task = tokio::spawn(run_session(
         session,
         stream,
         clock,
@@ -90,19 +78,17 @@ async fn main() -> std::io::Result<()> {
     let started = Instant::now();
     // Four 1 MiB-class messages of bulk data, then a chat line at control priority.
     for part in blob.chunks(1024 * 1024 - 64) {
-        send(
-            &laptop_cmd,
-            extension_message(BLOB, Bytes::copy_from_slice(part)),
-            Priority::Bulk,
-        )
-        .await;
+        let message = extension_message(BLOB, Bytes::copy_from_slice(part));
+        laptop
+            .send(message, Priority::Bulk)
+            .await
+            .expect("bulk message accepted");
     }
-    send(
-        &laptop_cmd,
-        extension_message(CHAT, &b"hello from the laptop"[..]),
-        Priority::Control,
-    )
-    .await;
+    let chat = extension_message(CHAT, &b"hello from the laptop"[..]);
+    laptop
+        .send(chat, Priority::Control)
+        .await
+        .expect("chat accepted");
 
     let mut received = Vec::new();
     let mut order = Vec::new();
@@ -128,16 +114,16 @@ async fn main() -> std::io::Result<()> {
         order
     );
 
-    phone_cmd
-        .send(Command::Close(CloseCode::NORMAL, "demo finished".into()))
+    phone
+        .close(CloseCode::NORMAL, "demo finished")
         .await
-        .ok();
+        .expect("phone running");
     match laptop_ev.recv().await {
         Some(Event::Closed(reason)) => println!("laptop: session closed: {reason:?}"),
         other => panic!("laptop: expected Closed, got {other:?}"),
     }
-    phone.await.expect("phone task")?;
-    laptop.await.expect("laptop task")?;
+    phone_task.await.expect("phone task")?;
+    laptop_task.await.expect("laptop task")?;
     println!("demo OK");
     Ok(())
 }

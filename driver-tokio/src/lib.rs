@@ -33,6 +33,61 @@ pub enum Command {
     Close(CloseCode, String),
 }
 
+/// The application's side of a running session: sends commands to [`run_session`].
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+/// Why a command did not reach the session or was refused by it.
+#[derive(Debug)]
+pub enum HandleError {
+    /// The session's task has ended.
+    Stopped,
+    /// The session refused the command (not established, closed, queue full, ...).
+    Refused(clearskies_proto::Error),
+}
+
+impl std::fmt::Display for HandleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandleError::Stopped => write!(f, "the session has stopped"),
+            HandleError::Refused(e) => write!(f, "the session refused: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HandleError {}
+
+impl SessionHandle {
+    /// A handle and the receiver to pass to [`run_session`].
+    pub fn channel(capacity: usize) -> (SessionHandle, mpsc::Receiver<Command>) {
+        let (commands, receiver) = mpsc::channel(capacity);
+        (SessionHandle { commands }, receiver)
+    }
+
+    /// Queues `message`; returns once the session has accepted or refused it.
+    pub async fn send(&self, message: Message, priority: Priority) -> Result<(), HandleError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Send(message, priority, reply))
+            .await
+            .map_err(|_| HandleError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| HandleError::Stopped)?
+            .map_err(HandleError::Refused)
+    }
+
+    /// Asks the session to close with `code` and `reason`.
+    pub async fn close(&self, code: CloseCode, reason: &str) -> Result<(), HandleError> {
+        self.commands
+            .send(Command::Close(code, reason.to_owned()))
+            .await
+            .map_err(|_| HandleError::Stopped)
+    }
+}
+
 /// Converts the driver's monotonic clock to proto's [`Timestamp`].
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {

@@ -6,10 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use clearskies_proto::session::{CloseReason, Event, Priority, Session, SessionConfig};
 use clearskies_proto::wire::{CloseCode, Message};
-use clearskies_tokio::{Command, MonotonicClock, extension_message, run_session};
+use clearskies_tokio::{MonotonicClock, SessionHandle, extension_message, run_session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 const EXT: &str = "com.example.test";
 
@@ -22,18 +22,18 @@ fn config(name: &str) -> SessionConfig {
 }
 
 struct Running {
-    commands: mpsc::Sender<Command>,
+    handle: SessionHandle,
     events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 fn start(name: &str, stream: TcpStream, clock: MonotonicClock) -> Running {
-    let (commands, commands_rx) = mpsc::channel(8);
+    let (handle, commands) = SessionHandle::channel(8);
     let (events_tx, events) = mpsc::channel(64);
     let session = Session::new(config(name), clock.now()).unwrap();
-    let task = tokio::spawn(run_session(session, stream, clock, commands_rx, events_tx));
+    let task = tokio::spawn(run_session(session, stream, clock, commands, events_tx));
     Running {
-        commands,
+        handle,
         events,
         task,
     }
@@ -66,24 +66,15 @@ async fn sessions_handshake_exchange_and_close_over_tcp() {
         .map(|i| (i % 241) as u8)
         .collect::<Vec<_>>()
         .into();
-    let (reply, accepted) = oneshot::channel();
-    a.commands
-        .send(Command::Send(
-            extension_message(EXT, payload.clone()),
-            Priority::Bulk,
-            reply,
-        ))
+    a.handle
+        .send(extension_message(EXT, payload.clone()), Priority::Bulk)
         .await
         .unwrap();
-    accepted.await.unwrap().unwrap();
     match next(&mut b).await {
         Event::Message(Message::Extension(m)) => assert_eq!(m.payload, payload),
         other => panic!("{other:?}"),
     }
-    b.commands
-        .send(Command::Close(CloseCode::GOING_AWAY, "bye".into()))
-        .await
-        .unwrap();
+    b.handle.close(CloseCode::GOING_AWAY, "bye").await.unwrap();
     assert_eq!(
         next(&mut a).await,
         Event::Closed(CloseReason::Peer {
@@ -149,16 +140,10 @@ async fn both_sides_sending_bulk_at_once_do_not_deadlock() {
     let payload = Bytes::from(vec![0x5a; 1_000_000]);
     for r in [&a, &b] {
         for _ in 0..8 {
-            let (reply, accepted) = oneshot::channel();
-            r.commands
-                .send(Command::Send(
-                    extension_message(EXT, payload.clone()),
-                    Priority::Bulk,
-                    reply,
-                ))
+            r.handle
+                .send(extension_message(EXT, payload.clone()), Priority::Bulk)
                 .await
                 .unwrap();
-            accepted.await.unwrap().unwrap();
         }
     }
     for r in [&mut a, &mut b] {
