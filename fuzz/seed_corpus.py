@@ -54,6 +54,13 @@ def main():
         write("session", c["name"], session_steps(data))
         write("frame_decoder", "session-" + c["name"], bytes([255]) + data)
         count += 2
+    # The access_code target parses its whole input (UTF-8) as an access code and a device ID.
+    for c in cases("access_codes.json"):
+        write("access_code", "code-" + c["name"], c["input"].encode("utf-8"))
+        count += 1
+    for c in cases("device_ids.json"):
+        write("access_code", "id-" + c["name"], c["input"].encode("utf-8"))
+        count += 1
     print(f"wrote {count} seed inputs under {os.path.relpath(CORPUS, ROOT)}/")
 
 

@@ -11,6 +11,8 @@
 //! * [`time`]: [`Timestamp`], the only notion of time: microseconds, passed in.
 //! * [`wire`]: frames, segmentation and the message catalogue (`spec/wire.md`).
 //! * [`session`]: one connection: handshake, negotiation, keep-alive, close.
+//! * [`identity`] and [`code`]: device IDs and access codes in their checked text forms
+//!   (`spec/identity.md`), built on the base32 and Luhn mod 32 helpers of [`text`].
 //!
 //! Pairing, replication and folder sync are built on these in later modules.
 //!
@@ -47,13 +49,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod code;
 pub mod error;
+pub mod identity;
 pub mod session;
+pub mod text;
 pub mod time;
 pub mod wire;
 
 #[cfg(feature = "sim")]
 pub mod sim;
 
+pub use code::AccessCode;
 pub use error::{Error, Incompatibility, Misuse, ProtocolViolation};
+pub use identity::DeviceId;
 pub use time::Timestamp;
