@@ -50,6 +50,8 @@
 #![warn(missing_docs)]
 
 pub mod code;
+pub mod crypto;
+pub mod db;
 pub mod error;
 pub mod identity;
 pub mod session;

@@ -1,0 +1,750 @@
+//! The replica of one share: a sans-IO state machine.
+//!
+//! # Contract
+//!
+//! Like [`Session`](crate::session::Session): feed one input or command, then drain
+//! [`poll_output`](Replica::poll_output). Per connected peer, call
+//! [`poll_message`](Replica::poll_message) whenever that peer's session has room (its send queue
+//! is short): the replica streams its changes to each peer as fast as the peer takes them,
+//! never faster, so a catch-up of a million records needs no more memory than one batch.
+//!
+//! Durability: every change the replica makes is described by an [`Output::Persist`] batch the
+//! driver must write atomically and in order, then confirm with
+//! [`handle_persisted`](Replica::handle_persisted). Only then is a local write acknowledged
+//! ([`Event::WriteAcked`]) and only then is any change sent to peers, so a device never tells
+//! anyone about a write it could forget in a crash.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::msg::{CaughtUp, DbMessage, Records, Refused, ShareTag, SyncRequest};
+use super::record::{MAX_KEY_LEN, MAX_VALUE_LEN, Record, RecordError, ShareId};
+use super::vv::{Dot, VersionVector};
+use crate::crypto::DeviceKey;
+use crate::error::Misuse;
+use crate::identity::DeviceId;
+
+/// Bytes of records (roughly) per `Records` message.
+pub const RECORDS_BATCH_BYTES: usize = 64 * 1024;
+
+/// What a member may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// May read and relay, never write.
+    ReadOnly,
+    /// May write.
+    ReadWrite,
+}
+
+/// A member of the share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// What it may do.
+    pub access: Access,
+}
+
+/// How far this replica has received a peer's changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// The peer's index ID when the cursor was taken (0: never synced).
+    pub index: u64,
+    /// The last of the peer's sequence numbers received and persisted.
+    pub seq: u64,
+}
+
+/// Replica metadata, persisted with every batch that changes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// This replica's index ID: random, fixed for its lifetime. A peer that sees it change
+    /// knows the replica was reset and re-fetches everything.
+    pub index: u64,
+    /// The last local sequence number assigned.
+    pub seq: u64,
+    /// The last write counter this device used.
+    pub write_counter: u64,
+    /// The hybrid logical clock.
+    pub hlc: u64,
+}
+
+/// The durable state a replica starts from (what the store loaded).
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaState {
+    /// Metadata; `index == 0` means a new replica.
+    pub meta: Meta,
+    /// Current versions with the local sequence number each was applied under.
+    pub records: Vec<(u64, Record)>,
+    /// Per-peer cursors.
+    pub cursors: BTreeMap<DeviceId, Cursor>,
+}
+
+/// One write to durable storage. A batch is applied atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersistOp {
+    /// Store `record` under local sequence number `seq`.
+    PutRecord {
+        /// Local sequence number (the storage key).
+        seq: u64,
+        /// The record.
+        record: Record,
+    },
+    /// Forget the record stored under `seq` (a later version superseded it).
+    RemoveRecord {
+        /// Its local sequence number.
+        seq: u64,
+    },
+    /// Store a peer's cursor.
+    SetCursor {
+        /// The peer.
+        peer: DeviceId,
+        /// Its cursor.
+        cursor: Cursor,
+    },
+    /// Store the metadata.
+    SetMeta(Meta),
+}
+
+/// Something the application should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A local write is durable.
+    WriteAcked {
+        /// The write.
+        dot: Dot,
+    },
+    /// A key's visible state changed (local or remote write).
+    Changed {
+        /// The key.
+        key: String,
+    },
+    /// A key has concurrent versions. All are kept; [`Entry::winner`] is shown meanwhile.
+    Conflict {
+        /// The key.
+        key: String,
+        /// Every sibling, winner first.
+        siblings: Vec<Record>,
+    },
+    /// A peer refused one of our records, or we refused one of its.
+    Refused {
+        /// The peer.
+        peer: DeviceId,
+        /// The key.
+        key: String,
+        /// The stable error code.
+        error: String,
+        /// Whether the peer refused ours (`true`) or we refused theirs (`false`).
+        by_peer: bool,
+    },
+    /// We have received everything a peer had when we asked.
+    CaughtUp {
+        /// The peer.
+        peer: DeviceId,
+    },
+}
+
+/// What the replica asks of its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write these operations atomically, in order after earlier batches, then call
+    /// [`Replica::handle_persisted`] with `id`.
+    Persist {
+        /// The batch's id.
+        id: u64,
+        /// The operations.
+        ops: Vec<PersistOp>,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+/// A key's current versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    siblings: Vec<Sibling>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sibling {
+    seq: u64,
+    record: Record,
+    /// The peer it came from, so it is not echoed back (not persisted).
+    origin: Option<DeviceId>,
+}
+
+impl Entry {
+    /// The version every replica shows: the latest by hybrid time, ties broken by writer.
+    pub fn winner(&self) -> &Record {
+        // An entry always has at least one sibling.
+        &self.siblings[0].record
+    }
+
+    /// All current versions, winner first. More than one means a conflict.
+    pub fn siblings(&self) -> impl Iterator<Item = &Record> {
+        self.siblings.iter().map(|s| &s.record)
+    }
+
+    /// Whether concurrent versions exist.
+    pub fn is_conflict(&self) -> bool {
+        self.siblings.len() > 1
+    }
+
+    /// The merge of all current versions: what a write now supersedes.
+    pub fn version(&self) -> VersionVector {
+        let mut v = VersionVector::new();
+        for s in &self.siblings {
+            v.merge(&s.record.version);
+        }
+        v
+    }
+
+    fn sort(&mut self) {
+        self.siblings
+            .sort_by_key(|s| core::cmp::Reverse(winner_order(&s.record)));
+    }
+}
+
+fn winner_order(r: &Record) -> (u64, DeviceId, u64) {
+    (r.hlc, r.dot.writer, r.dot.counter)
+}
+
+/// Per-peer state while connected.
+#[derive(Debug, Default)]
+struct Peer {
+    /// Our request to send, if not yet sent.
+    request_pending: bool,
+    /// The peer asked for our changes: stream everything after this seq.
+    streaming: Option<u64>,
+    /// The highest sequence number the peer knows we covered (sent, or skipped as its own),
+    /// `None` until the first CaughtUp after its request.
+    announced: Option<u64>,
+    /// Whether the peer's first CaughtUp of this connection was reported to the app.
+    caught_up_reported: bool,
+    /// Refusals to tell the peer.
+    refusals: VecDeque<Refused>,
+}
+
+/// The replica of one share. See the [module docs](self).
+#[derive(Debug)]
+pub struct Replica {
+    share: ShareId,
+    tag: ShareTag,
+    key: DeviceKey,
+    members: BTreeMap<DeviceId, Member>,
+    meta: Meta,
+    entries: BTreeMap<String, Entry>,
+    /// Current versions by local sequence number: the change feed.
+    by_seq: BTreeMap<u64, String>,
+    cursors: BTreeMap<DeviceId, Cursor>,
+    peers: BTreeMap<DeviceId, Peer>,
+    /// Local sequence numbers up to this one are durable (batches complete in order).
+    durable_seq: u64,
+    /// Batches written but not confirmed: id -> (highest seq in it, local writes in it).
+    in_flight: VecDeque<(u64, u64, Vec<Dot>)>,
+    next_batch: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl Replica {
+    /// Opens the replica of `share` from its durable state. `random_index` (from the caller's
+    /// CSPRNG) becomes the index ID of a new replica.
+    pub fn new(
+        share: ShareId,
+        key: DeviceKey,
+        members: BTreeMap<DeviceId, Member>,
+        state: ReplicaState,
+        random_index: u64,
+    ) -> Replica {
+        let mut meta = state.meta;
+        let mut outputs = VecDeque::new();
+        if meta.index == 0 {
+            meta.index = random_index.max(1);
+        }
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut by_seq = BTreeMap::new();
+        for (seq, record) in state.records {
+            by_seq.insert(seq, record.key.clone());
+            entries
+                .entry(record.key.clone())
+                .or_insert_with(|| Entry {
+                    siblings: Vec::new(),
+                })
+                .siblings
+                .push(Sibling {
+                    seq,
+                    record,
+                    origin: None,
+                });
+        }
+        for entry in entries.values_mut() {
+            entry.sort();
+        }
+        let durable_seq = meta.seq;
+        if state.meta.index == 0 {
+            outputs.push_back(Output::Persist {
+                id: 0,
+                ops: vec![PersistOp::SetMeta(meta)],
+            });
+        }
+        let tag = share_tag(&share);
+        Replica {
+            share,
+            tag,
+            key,
+            members,
+            meta,
+            entries,
+            by_seq,
+            cursors: state.cursors,
+            peers: BTreeMap::new(),
+            durable_seq,
+            in_flight: if state.meta.index == 0 {
+                VecDeque::from([(0, durable_seq, Vec::new())])
+            } else {
+                VecDeque::new()
+            },
+            next_batch: 1,
+            outputs,
+        }
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    /// The share's ID.
+    pub fn share(&self) -> &ShareId {
+        &self.share
+    }
+
+    /// This device.
+    pub fn device(&self) -> DeviceId {
+        self.key.device_id()
+    }
+
+    /// Current metadata.
+    pub fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    /// A key's current versions (tombstones included).
+    pub fn entry(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// The document shown for `key`: the winner's value, `None` if absent or deleted.
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        self.entries
+            .get(key)
+            .and_then(|e| e.winner().value.as_ref())
+    }
+
+    /// Keys starting with `prefix`, in order, with their entries (tombstones included).
+    pub fn range<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
+        self.entries
+            .range(prefix.to_owned()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// Number of keys (tombstones included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the replica holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A peer's cursor.
+    pub fn cursor(&self, peer: &DeviceId) -> Cursor {
+        self.cursors.get(peer).copied().unwrap_or_default()
+    }
+
+    /// Every current record with its local sequence number, in sequence order.
+    pub fn records(&self) -> impl Iterator<Item = (u64, &Record)> {
+        self.by_seq.iter().filter_map(|(seq, key)| {
+            self.entries
+                .get(key)?
+                .siblings
+                .iter()
+                .find(|s| s.seq == *seq)
+                .map(|s| (*seq, &s.record))
+        })
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    /// Writes `value` (a CBOR document) under `key`, superseding every version of it this
+    /// replica has. `wall_micros` is the wall clock (Unix epoch), used only to break ties.
+    pub fn put(&mut self, wall_micros: u64, key: &str, value: Bytes) -> Result<Dot, Misuse> {
+        if value.len() > MAX_VALUE_LEN {
+            return Err(Misuse::BadConfig {
+                detail: format!("document larger than {MAX_VALUE_LEN} bytes"),
+            });
+        }
+        self.write(wall_micros, key, Some(value))
+    }
+
+    /// Deletes `key` (writes a tombstone superseding every version this replica has).
+    pub fn delete(&mut self, wall_micros: u64, key: &str) -> Result<Dot, Misuse> {
+        self.write(wall_micros, key, None)
+    }
+
+    fn write(&mut self, wall_micros: u64, key: &str, value: Option<Bytes>) -> Result<Dot, Misuse> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(Misuse::BadConfig {
+                detail: format!("keys are 1 to {MAX_KEY_LEN} bytes"),
+            });
+        }
+        let me = self.key.device_id();
+        match self.members.get(&me) {
+            Some(m) if m.access == Access::ReadWrite => {}
+            _ => {
+                return Err(Misuse::BadConfig {
+                    detail: "this device may not write to the share".into(),
+                });
+            }
+        }
+        let mut version = self
+            .entries
+            .get(key)
+            .map(Entry::version)
+            .unwrap_or_default();
+        self.meta.write_counter += 1;
+        let dot = Dot {
+            writer: me,
+            counter: self.meta.write_counter,
+        };
+        version.set(dot);
+        self.meta.hlc = wall_micros.max(self.meta.hlc + 1);
+        let record = Record::sign(
+            &self.share,
+            key.to_owned(),
+            value,
+            version,
+            dot,
+            self.meta.hlc,
+            &self.key,
+        );
+        let mut ops = Vec::new();
+        let applied = self.apply(record, None, &mut ops);
+        debug_assert!(applied, "a local write supersedes everything it has seen");
+        self.persist(ops, vec![dot]);
+        Ok(dot)
+    }
+
+    /// Adds or changes a member (membership is configuration until it becomes replicated
+    /// state).
+    pub fn set_member(&mut self, device: DeviceId, member: Member) {
+        self.members.insert(device, member);
+    }
+
+    // ---- peers --------------------------------------------------------------------------
+
+    /// A session with `peer` (whose identity the transport authenticated) is established and
+    /// both sides speak the database extension: ask for its changes.
+    pub fn peer_connected(&mut self, peer: DeviceId) {
+        self.peers.insert(
+            peer,
+            Peer {
+                request_pending: true,
+                ..Peer::default()
+            },
+        );
+    }
+
+    /// The session with `peer` ended.
+    pub fn peer_disconnected(&mut self, peer: &DeviceId) {
+        self.peers.remove(peer);
+    }
+
+    /// A database message from `peer`.
+    pub fn handle_message(&mut self, peer: DeviceId, message: DbMessage) {
+        if message.share() != self.tag || !self.peers.contains_key(&peer) {
+            return;
+        }
+        match message {
+            DbMessage::SyncRequest(req) => {
+                let after = if req.index == self.meta.index {
+                    req.after
+                } else {
+                    0
+                };
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.streaming = Some(after);
+                    p.announced = None;
+                }
+            }
+            DbMessage::Records(batch) => self.receive_records(peer, batch),
+            DbMessage::CaughtUp(done) => {
+                // Everything up to `done.seq` was sent or was ours: the cursor may skip ahead,
+                // so an idle reconnect asks for nothing already seen.
+                let mut cursor = self.cursor(&peer);
+                if done.index != cursor.index {
+                    cursor = Cursor {
+                        index: done.index,
+                        seq: 0,
+                    };
+                }
+                if done.seq > cursor.seq || self.cursor(&peer) != cursor {
+                    cursor.seq = cursor.seq.max(done.seq);
+                    self.cursors.insert(peer, cursor);
+                    self.persist(vec![PersistOp::SetCursor { peer, cursor }], Vec::new());
+                }
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && !p.caught_up_reported
+                {
+                    p.caught_up_reported = true;
+                    self.outputs
+                        .push_back(Output::Event(Event::CaughtUp { peer }));
+                }
+            }
+            DbMessage::Refused(r) => {
+                self.outputs.push_back(Output::Event(Event::Refused {
+                    peer,
+                    key: r.key,
+                    error: r.error,
+                    by_peer: true,
+                }));
+            }
+        }
+    }
+
+    /// The next message for `peer`, if any. Call while the peer's session has room.
+    pub fn poll_message(&mut self, peer: &DeviceId) -> Option<DbMessage> {
+        let p = self.peers.get_mut(peer)?;
+        if p.request_pending {
+            p.request_pending = false;
+            let cursor = self.cursors.get(peer).copied().unwrap_or_default();
+            return Some(DbMessage::SyncRequest(SyncRequest {
+                share: self.tag,
+                index: cursor.index,
+                after: cursor.seq,
+            }));
+        }
+        if let Some(r) = p.refusals.pop_front() {
+            return Some(DbMessage::Refused(r));
+        }
+        let after = p.streaming?;
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut last = after;
+        let pending = if after < self.durable_seq {
+            self.by_seq.range(after + 1..=self.durable_seq)
+        } else {
+            self.by_seq.range(0..0)
+        };
+        for (&seq, key) in pending {
+            last = seq;
+            let Some(sibling) = self
+                .entries
+                .get(key)
+                .and_then(|e| e.siblings.iter().find(|s| s.seq == seq))
+            else {
+                continue;
+            };
+            if sibling.origin.as_ref() == Some(peer) {
+                continue;
+            }
+            bytes += approximate_size(&sibling.record);
+            records.push((seq, sibling.record.clone()));
+            if bytes >= RECORDS_BATCH_BYTES {
+                break;
+            }
+        }
+        let p = self.peers.get_mut(peer)?;
+        p.streaming = Some(last);
+        if let Some((seq, _)) = records.last() {
+            p.announced = Some(*seq);
+            return Some(DbMessage::Records(Records {
+                share: self.tag,
+                index: self.meta.index,
+                records,
+            }));
+        }
+        // Nothing left to send: say how far the feed is covered, once after the request and
+        // then whenever records the peer sent us moved it on (so its cursor skips them).
+        if last >= self.durable_seq && p.announced.is_none_or(|a| a < last) {
+            p.announced = Some(last);
+            return Some(DbMessage::CaughtUp(CaughtUp {
+                share: self.tag,
+                index: self.meta.index,
+                seq: last,
+            }));
+        }
+        None
+    }
+
+    // ---- storage ------------------------------------------------------------------------
+
+    /// The batch `id` is durable.
+    pub fn handle_persisted(&mut self, id: u64) {
+        // Batches complete in order; an unknown or repeated id is ignored.
+        while let Some(&(batch, seq, _)) = self.in_flight.front() {
+            if batch > id {
+                break;
+            }
+            let Some((_, _, dots)) = self.in_flight.pop_front() else {
+                break;
+            };
+            self.durable_seq = self.durable_seq.max(seq);
+            for dot in dots {
+                self.outputs
+                    .push_back(Output::Event(Event::WriteAcked { dot }));
+            }
+        }
+    }
+
+    /// The next output, if any. Drain after every input or command.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn receive_records(&mut self, peer: DeviceId, batch: Records) {
+        let mut cursor = self.cursor(&peer);
+        if batch.index != cursor.index {
+            // A new or reset peer replica: its sequence numbers start over.
+            cursor = Cursor {
+                index: batch.index,
+                seq: 0,
+            };
+        }
+        let mut ops = Vec::new();
+        for (seq, record) in batch.records {
+            if seq <= cursor.seq {
+                continue;
+            }
+            cursor.seq = seq;
+            match self.check(&record) {
+                Ok(()) => {
+                    self.meta.hlc = self.meta.hlc.max(record.hlc);
+                    self.apply(record, Some(peer), &mut ops);
+                }
+                Err(e) => {
+                    let refusal = Refused {
+                        share: self.tag,
+                        key: record.key.clone(),
+                        dot: record.dot,
+                        error: e.code().to_owned(),
+                    };
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.refusals.push_back(refusal);
+                    }
+                    self.outputs.push_back(Output::Event(Event::Refused {
+                        peer,
+                        key: record.key,
+                        error: e.code().to_owned(),
+                        by_peer: false,
+                    }));
+                }
+            }
+        }
+        self.cursors.insert(peer, cursor);
+        ops.push(PersistOp::SetCursor { peer, cursor });
+        self.persist(ops, Vec::new());
+    }
+
+    fn check(&self, record: &Record) -> Result<(), RecordError> {
+        record.check_shape()?;
+        let member = self
+            .members
+            .get(&record.dot.writer)
+            .ok_or(RecordError::UnknownWriter)?;
+        if member.access != Access::ReadWrite {
+            return Err(RecordError::ReadOnlyWriter);
+        }
+        record.verify(&self.share, &member.public_key)
+    }
+
+    /// Applies a verified record. Returns whether it changed anything.
+    fn apply(
+        &mut self,
+        record: Record,
+        origin: Option<DeviceId>,
+        ops: &mut Vec<PersistOp>,
+    ) -> bool {
+        let key = record.key.clone();
+        let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
+            siblings: Vec::new(),
+        });
+        // Already have it, or something newer.
+        if entry
+            .siblings
+            .iter()
+            .any(|s| s.record.version.dominates(&record.version))
+        {
+            if entry.siblings.is_empty() {
+                self.entries.remove(&key);
+            }
+            return false;
+        }
+        let was_conflict = entry.is_conflict();
+        let mut removed = Vec::new();
+        entry.siblings.retain(|s| {
+            let superseded = record.version.dominates(&s.record.version);
+            if superseded {
+                removed.push(s.seq);
+            }
+            !superseded
+        });
+        self.meta.seq += 1;
+        let seq = self.meta.seq;
+        ops.push(PersistOp::PutRecord {
+            seq,
+            record: record.clone(),
+        });
+        entry.siblings.push(Sibling {
+            seq,
+            record,
+            origin,
+        });
+        entry.sort();
+        let conflict = entry
+            .is_conflict()
+            .then(|| entry.siblings().cloned().collect::<Vec<_>>());
+        for old in removed {
+            self.by_seq.remove(&old);
+            ops.push(PersistOp::RemoveRecord { seq: old });
+        }
+        self.by_seq.insert(seq, key.clone());
+        self.outputs
+            .push_back(Output::Event(Event::Changed { key: key.clone() }));
+        if let Some(siblings) = conflict {
+            self.outputs
+                .push_back(Output::Event(Event::Conflict { key, siblings }));
+        } else if was_conflict {
+            // Resolved: Changed already tells the app.
+        }
+        true
+    }
+
+    fn persist(&mut self, mut ops: Vec<PersistOp>, writes: Vec<Dot>) {
+        ops.push(PersistOp::SetMeta(self.meta));
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.in_flight.push_back((id, self.meta.seq, writes));
+        self.outputs.push_back(Output::Persist { id, ops });
+    }
+}
+
+/// The wire tag of a share: its ID's first 8 bytes.
+pub fn share_tag(share: &ShareId) -> ShareTag {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&share[..8]);
+    u64::from_be_bytes(b)
+}
+
+fn approximate_size(r: &Record) -> usize {
+    r.key.len() + r.value.as_ref().map_or(0, Bytes::len) + r.version.len() * 45 + 120
+}
+
+/// Writers' ids in a set of records (for tests and reports).
+pub fn writers<'a>(records: impl Iterator<Item = &'a Record>) -> BTreeSet<DeviceId> {
+    records.map(|r| r.dot.writer).collect()
+}
