@@ -54,6 +54,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod identity;
+pub mod node;
 pub mod session;
 pub mod text;
 pub mod time;

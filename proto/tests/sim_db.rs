@@ -9,20 +9,16 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use clearskies_proto::Timestamp;
 use clearskies_proto::crypto::DeviceKey;
-use clearskies_proto::db::replica::share_tag;
 use clearskies_proto::db::{
-    Access, DB_EXTENSION, DbMessage, Dot, Event as DbEvent, Member, Output, PersistOp, Record,
-    Replica, ReplicaState, ShareId,
+    Access, Dot, Event as DbEvent, Member, PersistOp, Record, Replica, ReplicaState, ShareId,
 };
 use clearskies_proto::identity::DeviceId;
-use clearskies_proto::session::{Event, Priority, Session, SessionConfig, SessionState};
+use clearskies_proto::node::{Event as NodeEvent, Node, Output as NodeOutput};
+use clearskies_proto::session::{Session, SessionConfig, SessionState};
 use clearskies_proto::sim::{Action, ClockSkew, ConnId, LinkConfig, NodeId, SimNode, Simulator};
-use clearskies_proto::wire::{ExtensionMessage, Message};
 use proptest::prelude::*;
 
 const SHARE: ShareId = [7u8; 32];
-/// Keep at most this much queued in a session before asking the replica for more.
-const SESSION_HIGH_WATER: usize = 256 * 1024;
 /// Simulated fsync latency.
 const STORE_LATENCY: Duration = Duration::from_millis(3);
 /// Epoch offset so hybrid timestamps look like real wall-clock microseconds.
@@ -84,15 +80,15 @@ impl Durable {
 /// Per key, the current versions as (dot, content).
 type Digest = BTreeMap<String, BTreeSet<(Dot, Option<Vec<u8>>)>>;
 
+/// A device: proto's [`Node`] with a simulated store and a dialler.
 struct DbHost {
-    node: NodeId,
-    replica: Replica,
+    node_id: NodeId,
+    node: Node,
     durable: Durable,
     /// Batches handed to the "disk", completing at the given local time.
     writing: VecDeque<(Timestamp, u64, Vec<PersistOp>)>,
-    sessions: BTreeMap<ConnId, (NodeId, Session)>,
-    /// The connection whose session the replica uses for each peer (one at a time).
-    current: BTreeMap<NodeId, ConnId>,
+    /// Simulator connections and their peers.
+    conns: BTreeMap<ConnId, NodeId>,
     connecting: BTreeSet<NodeId>,
     redial_at: BTreeMap<NodeId, Timestamp>,
     actions: VecDeque<Action>,
@@ -104,77 +100,92 @@ struct DbHost {
 
 impl DbHost {
     fn new(
-        node: NodeId,
+        node_id: NodeId,
         n: u32,
         read_only: &[NodeId],
         durable: Option<&Durable>,
         now: Timestamp,
     ) -> DbHost {
         let durable = durable.cloned().unwrap_or_default();
-        let replica = Replica::new(
+        let config = SessionConfig {
+            device_name: format!("node-{node_id}"),
+            ..SessionConfig::default()
+        };
+        let mut node = Node::new(key_of(node_id), config, now);
+        node.open_share(
             SHARE,
-            key_of(node),
             members(n, read_only),
             durable.state.clone(),
-            0x1000 + u64::from(node) * 7919 + durable.batches,
+            0x1000 + u64::from(node_id) * 7919 + durable.batches,
         );
-        // Every node dials every node with a higher id.
-        let dial: Vec<NodeId> = (node + 1..n).collect();
+        // Every node dials every node with a higher id, on the first timer tick (once every
+        // node of the simulation exists).
         let mut host = DbHost {
+            node_id,
             node,
-            replica,
             durable,
             writing: VecDeque::new(),
-            sessions: BTreeMap::new(),
-            current: BTreeMap::new(),
+            conns: BTreeMap::new(),
             connecting: BTreeSet::new(),
-            // Dial on the first timer tick, once every node of the simulation exists.
-            redial_at: dial.iter().map(|&to| (to, now)).collect(),
+            redial_at: (node_id + 1..n).map(|to| (to, now)).collect(),
             actions: VecDeque::new(),
             acked: Vec::new(),
             conflicts: 0,
             refused: Vec::new(),
             caught_up: 0,
         };
-        host.pump(now);
+        host.collect(now);
         host
     }
 
-    fn session_config(&self) -> SessionConfig {
-        SessionConfig {
-            device_name: format!("node-{}", self.node),
-            extensions: vec![DB_EXTENSION.into()],
-            ..SessionConfig::default()
-        }
+    fn replica(&self) -> &Replica {
+        self.node.replica(&SHARE).expect("share open")
+    }
+
+    /// `(peer, session)` for every connection.
+    fn sessions(&self) -> impl Iterator<Item = (NodeId, &Session)> {
+        self.conns
+            .iter()
+            .filter_map(|(&c, &p)| self.node.session(c).map(|s| (p, s)))
     }
 
     fn put(&mut self, now: Timestamp, key: &str, value: &[u8]) -> Option<Dot> {
         let dot = self
-            .replica
+            .node
             .put(
+                &SHARE,
                 WALL_ORIGIN + now.as_micros(),
                 key,
                 Bytes::copy_from_slice(value),
             )
             .ok();
-        self.pump(now);
+        self.collect(now);
         dot
     }
 
     fn delete(&mut self, now: Timestamp, key: &str) -> Option<Dot> {
-        let dot = self.replica.delete(WALL_ORIGIN + now.as_micros(), key).ok();
-        self.pump(now);
+        let dot = self
+            .node
+            .delete(&SHARE, WALL_ORIGIN + now.as_micros(), key)
+            .ok();
+        self.collect(now);
         dot
     }
 
-    /// Drains the replica's outputs and feeds established sessions from it.
-    fn pump(&mut self, now: Timestamp) {
-        while let Some(out) = self.replica.poll_output() {
+    /// Drains the node's outputs.
+    fn collect(&mut self, now: Timestamp) {
+        while let Some(out) = self.node.poll_output() {
             match out {
-                Output::Persist { id, ops } => {
+                NodeOutput::Persist { id, ops, .. } => {
                     self.writing.push_back((now + STORE_LATENCY, id, ops))
                 }
-                Output::Event(e) => match e {
+                NodeOutput::Close { conn } => {
+                    if let Some(peer) = self.conns.remove(&conn) {
+                        self.actions.push_back(Action::Close { conn });
+                        self.schedule_redial(now, peer);
+                    }
+                }
+                NodeOutput::Event(NodeEvent::Db { event, .. }) => match event {
                     DbEvent::WriteAcked { dot } => self.acked.push(dot),
                     DbEvent::Conflict { .. } => self.conflicts += 1,
                     DbEvent::Refused {
@@ -186,96 +197,20 @@ impl DbHost {
                     DbEvent::CaughtUp { .. } => self.caught_up += 1,
                     _ => {}
                 },
-            }
-        }
-        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
-        for conn in conns {
-            let Some((peer, session)) = self.sessions.get_mut(&conn) else {
-                continue;
-            };
-            if session.state() != SessionState::Established || self.current.get(peer) != Some(&conn)
-            {
-                continue;
-            }
-            let device = device_of(*peer);
-            while session.send_queue_len() < SESSION_HIGH_WATER {
-                let Some(msg) = self.replica.poll_message(&device) else {
-                    break;
-                };
-                let m = Message::Extension(ExtensionMessage {
-                    name: DB_EXTENSION.into(),
-                    payload: msg.encode(),
-                });
-                session
-                    .send(m, Priority::Bulk)
-                    .expect("db message fits the session");
+                NodeOutput::Event(_) => {}
             }
         }
     }
 
-    fn drain_session(&mut self, now: Timestamp, conn: ConnId) {
-        let Some((peer, session)) = self.sessions.get_mut(&conn) else {
-            return;
-        };
-        let peer = *peer;
-        let mut inbound = Vec::new();
-        let mut up = false;
-        let mut down = false;
-        while let Some(event) = session.poll_event() {
-            match event {
-                Event::Established(_) => up = true,
-                Event::Message(Message::Extension(m)) if m.name == DB_EXTENSION => {
-                    inbound.push(m.payload)
-                }
-                Event::Closed(_) => down = true,
-                _ => {}
-            }
+    fn schedule_redial(&mut self, now: Timestamp, peer: NodeId) {
+        if peer > self.node_id {
+            self.connecting.remove(&peer);
+            self.redial_at.insert(peer, now + Duration::from_secs(1));
         }
-        let finished = session.is_finished();
-        let device = device_of(peer);
-        if up {
-            // One session per peer: a new one replaces an older one (a peer that restarted
-            // while we still held its dead connection).
-            if let Some(old) = self.current.insert(peer, conn)
-                && old != conn
-                && let Some((_, s)) = self.sessions.get_mut(&old)
-            {
-                s.close(
-                    now,
-                    clearskies_proto::wire::CloseCode::DUPLICATE,
-                    "replaced by a newer connection",
-                );
-            }
-            self.replica.peer_connected(device);
-        }
-        if self.current.get(&peer) != Some(&conn) {
-            // A replaced session's last messages: the new session re-syncs from the cursor.
-            inbound.clear();
-        }
-        for payload in inbound {
-            match DbMessage::decode(&payload) {
-                Ok(Some(msg)) => self.replica.handle_message(device, msg),
-                Ok(None) => {}
-                Err(e) => panic!("node {}: undecodable db message: {e}", self.node),
-            }
-        }
-        if down && self.current.get(&peer) == Some(&conn) {
-            self.current.remove(&peer);
-            self.replica.peer_disconnected(&device);
-        }
-        if finished {
-            self.sessions.remove(&conn);
-            self.actions.push_back(Action::Close { conn });
-            if peer > self.node {
-                self.connecting.remove(&peer);
-                self.redial_at.insert(peer, now + Duration::from_secs(1));
-            }
-        }
-        self.pump(now);
     }
 
     fn state_digest(&self) -> Digest {
-        self.replica
+        self.replica()
             .records()
             .map(|(_, r)| (r.key.clone(), (r.dot, r.value.as_ref().map(|v| v.to_vec()))))
             .fold(BTreeMap::new(), |mut m, (k, v)| {
@@ -290,8 +225,10 @@ impl SimNode for DbHost {
 
     fn on_connected(&mut self, now: Timestamp, conn: ConnId, peer: NodeId, _outbound: bool) {
         self.connecting.remove(&peer);
-        let session = Session::new(self.session_config(), now).expect("valid config");
-        self.sessions.insert(conn, (peer, session));
+        self.conns.insert(conn, peer);
+        // The simulator stands in for TLS with pinned keys: the peer is who it dials as.
+        self.node.handle_connected(now, conn, device_of(peer));
+        self.collect(now);
     }
 
     fn on_connect_failed(&mut self, now: Timestamp, peer: NodeId) {
@@ -300,17 +237,13 @@ impl SimNode for DbHost {
     }
 
     fn on_bytes(&mut self, now: Timestamp, conn: ConnId, data: &[u8]) {
-        if let Some((_, s)) = self.sessions.get_mut(&conn) {
-            s.handle_bytes(now, data);
-        }
-        self.drain_session(now, conn);
+        self.node.handle_bytes(now, conn, data);
+        self.collect(now);
     }
 
     fn on_closed(&mut self, now: Timestamp, conn: ConnId) {
-        if let Some((_, s)) = self.sessions.get_mut(&conn) {
-            s.handle_transport_closed(now);
-        }
-        self.drain_session(now, conn);
+        self.node.handle_closed(now, conn);
+        self.collect(now);
     }
 
     fn on_timeout(&mut self, now: Timestamp) {
@@ -319,20 +252,9 @@ impl SimNode for DbHost {
                 break;
             };
             self.durable.apply(&ops);
-            self.replica.handle_persisted(id);
+            self.node.handle_persisted(&SHARE, id);
         }
-        let due: Vec<ConnId> = self
-            .sessions
-            .iter()
-            .filter(|(_, (_, s))| s.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(&c, _)| c)
-            .collect();
-        for conn in due {
-            if let Some((_, s)) = self.sessions.get_mut(&conn) {
-                s.handle_timeout(now);
-            }
-            self.drain_session(now, conn);
-        }
+        self.node.handle_timeout(now);
         let redial: Vec<NodeId> = self
             .redial_at
             .iter()
@@ -341,11 +263,11 @@ impl SimNode for DbHost {
             .collect();
         for peer in redial {
             self.redial_at.remove(&peer);
-            if !self.sessions.values().any(|(p, _)| *p == peer) && self.connecting.insert(peer) {
+            if !self.conns.values().any(|p| *p == peer) && self.connecting.insert(peer) {
                 self.actions.push_back(Action::Connect { to: peer });
             }
         }
-        self.pump(now);
+        self.collect(now);
     }
 
     fn poll_action(&mut self, _now: Timestamp) -> Option<Action> {
@@ -353,23 +275,21 @@ impl SimNode for DbHost {
     }
 
     fn poll_transmit(&mut self, now: Timestamp, conn: ConnId) -> Option<Bytes> {
-        let bytes = self.sessions.get_mut(&conn)?.1.poll_transmit(now);
-        if bytes.is_some() {
-            // Room in the session: let the replica stream more.
-            self.pump(now);
-        } else {
-            self.drain_session(now, conn);
-        }
+        let bytes = self.node.poll_transmit(now, conn);
+        self.collect(now);
         bytes
     }
 
     fn poll_timeout(&self) -> Option<Timestamp> {
-        let sessions = self.sessions.values().filter_map(|(_, s)| s.poll_timeout());
         let store = self.writing.front().map(|(t, _, _)| *t);
-        sessions
-            .chain(store)
-            .chain(self.redial_at.values().copied())
-            .min()
+        [
+            self.node.poll_timeout(),
+            store,
+            self.redial_at.values().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn persisted(&self) -> Durable {
@@ -408,20 +328,19 @@ fn dump(sim: &Simulator<DbHost>) {
         eprintln!(
             "node {id} ({:?}): meta {:?} writing {} sessions {:?}",
             device_of(id),
-            h.replica.meta(),
+            h.replica().meta(),
             h.writing.len(),
-            h.sessions
-                .values()
-                .map(|(p, s)| (*p, s.state()))
+            h.sessions()
+                .map(|(p, s)| (p, s.state()))
                 .collect::<Vec<_>>()
         );
         for peer in sim.node_ids().into_iter().filter(|&p| p != id) {
             eprintln!(
                 "    cursor for {peer}: {:?}",
-                h.replica.cursor(&device_of(peer))
+                h.replica().cursor(&device_of(peer))
             );
         }
-        for (seq, r) in h.replica.records() {
+        for (seq, r) in h.replica().records() {
             eprintln!("    {seq}: {} {:?} {:?}", r.key, r.dot, r.version);
         }
     }
@@ -452,7 +371,7 @@ fn a_write_replicates_and_is_acknowledged_only_once_durable() {
     let r = sim
         .node(1)
         .unwrap()
-        .replica
+        .replica()
         .entry("notes/1")
         .unwrap()
         .winner()
@@ -476,7 +395,7 @@ fn concurrent_offline_creates_conflict_everywhere_with_one_winner_and_a_write_re
         .map(|i| {
             sim.node(i)
                 .unwrap()
-                .replica
+                .replica()
                 .entry("shared")
                 .unwrap()
                 .winner()
@@ -486,7 +405,10 @@ fn concurrent_offline_creates_conflict_everywhere_with_one_winner_and_a_write_re
     assert_eq!(winners.len(), 1, "every replica shows the same winner");
     for i in 0..3 {
         let host = sim.node(i).unwrap();
-        assert_eq!(host.replica.entry("shared").unwrap().siblings().count(), 2);
+        assert_eq!(
+            host.replica().entry("shared").unwrap().siblings().count(),
+            2
+        );
         assert!(
             host.conflicts >= 1,
             "node {i} never told the app about the conflict"
@@ -499,7 +421,7 @@ fn concurrent_offline_creates_conflict_everywhere_with_one_winner_and_a_write_re
         let e = sim
             .node(i)
             .unwrap()
-            .replica
+            .replica()
             .entry("shared")
             .unwrap()
             .clone();
@@ -519,13 +441,19 @@ fn deletes_propagate_including_through_catch_up() {
     sim.run_for(Duration::from_secs(200));
     sim.heal_all();
     assert!(sim.run_until_true(Duration::from_secs(120), all_equal));
-    let e = sim.node(1).unwrap().replica.entry("gone").unwrap().clone();
+    let e = sim
+        .node(1)
+        .unwrap()
+        .replica()
+        .entry("gone")
+        .unwrap()
+        .clone();
     assert!(e.winner().is_tombstone());
-    assert_eq!(sim.node(1).unwrap().replica.get("gone"), None);
+    assert_eq!(sim.node(1).unwrap().replica().get("gone"), None);
 }
 
 #[test]
-fn read_only_member_writes_are_refused_and_the_writer_is_told() {
+fn a_read_only_member_cannot_write() {
     let mut sim = simulator(6, 2, &[1]);
     sim.run_for(Duration::from_secs(1));
     // Node 1 is read-only: its replica refuses to write...
@@ -534,38 +462,9 @@ fn read_only_member_writes_are_refused_and_the_writer_is_told() {
             .flatten()
             .is_none()
     );
-    // ...and a forged record it sends anyway (signed with its own key) is refused by node 0.
-    let forged = Record::sign(
-        &SHARE,
-        "k".into(),
-        Some(Bytes::from_static(b"evil")),
-        [(device_of(1), 1)].into_iter().collect(),
-        Dot {
-            writer: device_of(1),
-            counter: 1,
-        },
-        WALL_ORIGIN,
-        &key_of(1),
-    );
-    let msg = DbMessage::Records(clearskies_proto::db::msg::Records {
-        share: share_tag(&SHARE),
-        index: 99,
-        records: vec![(1, forged)],
-    });
-    with(&mut sim, 0, |h, now| {
-        h.replica.handle_message(device_of(1), msg);
-        h.pump(now);
-    });
+    // (A forged record it sends anyway is refused: `db_replica.rs` tests that path.)
     sim.run_for(Duration::from_secs(2));
-    assert!(sim.node(0).unwrap().replica.entry("k").is_none());
-    assert_eq!(
-        sim.node(0).unwrap().refused,
-        vec![(device_of(1), "read-only-writer".to_owned(), false)]
-    );
-    assert_eq!(
-        sim.node(1).unwrap().refused,
-        vec![(device_of(0), "read-only-writer".to_owned(), true)]
-    );
+    assert!(sim.node(0).unwrap().replica().entry("k").is_none());
 }
 
 #[test]
@@ -601,8 +500,7 @@ fn idle_reconnect_costs_a_handshake_and_four_small_messages() {
     let session_bytes = |s: &Simulator<DbHost>, n| {
         s.node(n)
             .unwrap()
-            .sessions
-            .values()
+            .sessions()
             .map(|(_, x)| x.stats().bytes_sent)
             .sum::<u64>()
     };
@@ -650,7 +548,7 @@ fn check_model(
     for id in sim.node_ids() {
         acked.extend(sim.node(id).unwrap().acked.iter().copied());
     }
-    for (key, entry) in host.replica.range("") {
+    for (key, entry) in host.replica().range("") {
         let siblings: Vec<&Record> = entry.siblings().collect();
         // Siblings are pairwise concurrent.
         for (i, a) in siblings.iter().enumerate() {
@@ -676,7 +574,7 @@ fn check_model(
     // No acknowledged write is lost: each is present or superseded by a current version.
     for dot in &acked {
         let (key, _) = &writes[dot];
-        let entry = host.replica.entry(key);
+        let entry = host.replica().entry(key);
         prop_assert!(entry.is_some(), "acked write {dot:?} to {key} vanished");
         prop_assert!(
             entry.unwrap().siblings().any(|r| r.version.contains(dot)),
@@ -770,8 +668,7 @@ fn a_week_offline_catches_up_in_one_round_trip() {
     let connected = |s: &Simulator<DbHost>| {
         s.node(1)
             .unwrap()
-            .sessions
-            .values()
+            .sessions()
             .any(|(_, x)| x.state() == SessionState::Established)
     };
     assert!(sim.run_until_true(Duration::from_secs(60), connected));
@@ -784,7 +681,7 @@ fn a_week_offline_catches_up_in_one_round_trip() {
         took < latency * 4 + Duration::from_millis(60),
         "catch-up took {took:?}"
     );
-    assert_eq!(sim.node(1).unwrap().replica.len(), 700);
+    assert_eq!(sim.node(1).unwrap().replica().len(), 700);
     eprintln!(
         "week offline: 700 records caught up {took:?} after the session was established (RTT {:?})",
         latency * 2

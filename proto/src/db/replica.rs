@@ -437,6 +437,11 @@ impl Replica {
         Ok(dot)
     }
 
+    /// Whether `device` is a member (of any access level).
+    pub fn is_member(&self, device: &DeviceId) -> bool {
+        self.members.contains_key(device)
+    }
+
     /// Adds or changes a member (membership is configuration until it becomes replicated
     /// state).
     pub fn set_member(&mut self, device: DeviceId, member: Member) {

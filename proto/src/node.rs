@@ -1,0 +1,423 @@
+//! A device: many connections, many shares, one state machine.
+//!
+//! [`Node`] owns a [`Session`] per connection and a [`Replica`] per share, routes database
+//! messages between them, and feeds each session from the replicas only as fast as the
+//! transport drains it. A driver runs exactly one `Node`:
+//!
+//! * inputs: [`handle_connected`](Node::handle_connected) once the transport has
+//!   authenticated the peer's device key, [`handle_bytes`](Node::handle_bytes),
+//!   [`handle_closed`](Node::handle_closed), [`handle_timeout`](Node::handle_timeout),
+//!   [`handle_persisted`](Node::handle_persisted);
+//! * commands: [`open_share`](Node::open_share), [`put`](Node::put), [`delete`](Node::delete);
+//! * outputs: drain [`poll_output`](Node::poll_output); call
+//!   [`poll_transmit`](Node::poll_transmit) for a connection whenever its transport can take
+//!   bytes; re-arm from [`poll_timeout`](Node::poll_timeout).
+//!
+//! One session per peer is used at a time: a newer connection to the same device replaces an
+//! older one (closed with [`CloseCode::DUPLICATE`]), which is how a peer that restarted while
+//! its old connection still looked alive is picked up at once.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::crypto::DeviceKey;
+use crate::db::{
+    self, DB_EXTENSION, DbMessage, Dot, Member, PersistOp, Replica, ReplicaState, ShareId,
+};
+use crate::error::{Error, Misuse};
+use crate::identity::DeviceId;
+use crate::session::{
+    CloseReason, Event as SessionEvent, Priority, Session, SessionConfig, SessionState,
+};
+use crate::time::{Clock, Timestamp};
+use crate::wire::{CloseCode, ExtensionMessage, Message};
+
+/// A connection as the driver names it.
+pub type ConnId = u64;
+
+/// Keep at most this many bytes queued in a session before asking replicas for more.
+pub const SESSION_HIGH_WATER: usize = 256 * 1024;
+
+/// What the application hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A session with `peer` is established and in use.
+    PeerUp {
+        /// The peer.
+        peer: DeviceId,
+        /// Its name, from its HELLO.
+        name: String,
+    },
+    /// The session in use with `peer` ended.
+    PeerDown {
+        /// The peer.
+        peer: DeviceId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Something happened in a share's database.
+    Db {
+        /// The share.
+        share: ShareId,
+        /// What.
+        event: db::Event,
+    },
+}
+
+/// What the node asks of its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Apply `ops` to `share`'s store atomically and in order, then call
+    /// [`Node::handle_persisted`].
+    Persist {
+        /// The share.
+        share: ShareId,
+        /// The batch id.
+        id: u64,
+        /// The operations.
+        ops: Vec<PersistOp>,
+    },
+    /// The connection's session is over and its last bytes were handed out: close it.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+#[derive(Debug)]
+struct Conn {
+    peer: DeviceId,
+    session: Session,
+}
+
+/// A device's protocol state. See the [module docs](self).
+#[derive(Debug)]
+pub struct Node {
+    key: DeviceKey,
+    session_config: SessionConfig,
+    clock: Clock,
+    conns: BTreeMap<ConnId, Conn>,
+    /// The connection in use per peer.
+    current: BTreeMap<DeviceId, ConnId>,
+    shares: BTreeMap<ShareId, Replica>,
+    outputs: VecDeque<Output>,
+}
+
+impl Node {
+    /// A node for the device `key`, announcing `session_config` (the database extension is
+    /// added to it).
+    pub fn new(key: DeviceKey, mut session_config: SessionConfig, now: Timestamp) -> Node {
+        if !session_config.extensions.iter().any(|e| e == DB_EXTENSION) {
+            session_config.extensions.push(DB_EXTENSION.to_owned());
+        }
+        Node {
+            key,
+            session_config,
+            clock: Clock::new(now),
+            conns: BTreeMap::new(),
+            current: BTreeMap::new(),
+            shares: BTreeMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    /// This device.
+    pub fn device(&self) -> DeviceId {
+        self.key.device_id()
+    }
+
+    /// A share's replica.
+    pub fn replica(&self, share: &ShareId) -> Option<&Replica> {
+        self.shares.get(share)
+    }
+
+    /// The shares this node holds.
+    pub fn shares(&self) -> impl Iterator<Item = &ShareId> {
+        self.shares.keys()
+    }
+
+    /// The session of a connection.
+    pub fn session(&self, conn: ConnId) -> Option<&Session> {
+        self.conns.get(&conn).map(|c| &c.session)
+    }
+
+    /// The connection in use with `peer`, if established.
+    pub fn connection_to(&self, peer: &DeviceId) -> Option<ConnId> {
+        self.current.get(peer).copied()
+    }
+
+    /// Connections the node knows of, with their peers.
+    pub fn connections(&self) -> impl Iterator<Item = (ConnId, DeviceId)> + '_ {
+        self.conns.iter().map(|(&c, conn)| (c, conn.peer))
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    /// Opens a share from its durable state. Peers already connected that are members start
+    /// syncing it at once.
+    pub fn open_share(
+        &mut self,
+        share: ShareId,
+        members: BTreeMap<DeviceId, Member>,
+        state: ReplicaState,
+        random_index: u64,
+    ) {
+        let mut replica = Replica::new(share, self.key.clone(), members, state, random_index);
+        for peer in self.current.keys() {
+            if replica.is_member(peer) {
+                replica.peer_connected(*peer);
+            }
+        }
+        self.shares.insert(share, replica);
+        self.collect(share);
+    }
+
+    /// Writes a document (CBOR) to a share. See [`Replica::put`].
+    pub fn put(
+        &mut self,
+        share: &ShareId,
+        wall_micros: u64,
+        key: &str,
+        value: Bytes,
+    ) -> Result<Dot, Error> {
+        let replica = self.shares.get_mut(share).ok_or(Misuse::BadConfig {
+            detail: "no such share".into(),
+        })?;
+        let dot = replica.put(wall_micros, key, value)?;
+        self.collect(*share);
+        Ok(dot)
+    }
+
+    /// Deletes a key in a share. See [`Replica::delete`].
+    pub fn delete(&mut self, share: &ShareId, wall_micros: u64, key: &str) -> Result<Dot, Error> {
+        let replica = self.shares.get_mut(share).ok_or(Misuse::BadConfig {
+            detail: "no such share".into(),
+        })?;
+        let dot = replica.delete(wall_micros, key)?;
+        self.collect(*share);
+        Ok(dot)
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// A transport to `peer` is open; the driver authenticated the peer's device key (TLS
+    /// with pinned keys). Starts a session on it.
+    pub fn handle_connected(&mut self, now: Timestamp, conn: ConnId, peer: DeviceId) {
+        let now = self.clock.observe(now);
+        // The configuration was validated when the node was built from it.
+        match Session::new(self.session_config.clone(), now) {
+            Ok(session) => {
+                self.conns.insert(conn, Conn { peer, session });
+            }
+            Err(_) => self.outputs.push_back(Output::Close { conn }),
+        }
+    }
+
+    /// Bytes arrived on `conn`.
+    pub fn handle_bytes(&mut self, now: Timestamp, conn: ConnId, data: &[u8]) {
+        let now = self.clock.observe(now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_bytes(now, data);
+            self.drain_session(now, conn);
+        }
+    }
+
+    /// The transport of `conn` ended.
+    pub fn handle_closed(&mut self, now: Timestamp, conn: ConnId) {
+        let now = self.clock.observe(now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_transport_closed(now);
+            self.drain_session(now, conn);
+        }
+    }
+
+    /// The deadline from [`poll_timeout`](Node::poll_timeout) has passed.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let now = self.clock.observe(now);
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for conn in due {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session.handle_timeout(now);
+            }
+            self.drain_session(now, conn);
+        }
+    }
+
+    /// A `Persist` batch of `share` is durable.
+    pub fn handle_persisted(&mut self, share: &ShareId, id: u64) {
+        if let Some(r) = self.shares.get_mut(share) {
+            r.handle_persisted(id);
+            self.collect(*share);
+        }
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// The next output. Drain after every input or command.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next bytes for `conn`. Call whenever its transport can take more.
+    pub fn poll_transmit(&mut self, now: Timestamp, conn: ConnId) -> Option<Bytes> {
+        let now = self.clock.observe(now);
+        self.refill(conn);
+        let c = self.conns.get_mut(&conn)?;
+        let bytes = c.session.poll_transmit(now);
+        if bytes.is_none() {
+            self.drain_session(now, conn);
+        }
+        bytes
+    }
+
+    /// The earliest deadline of any session.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.conns
+            .values()
+            .filter_map(|c| c.session.poll_timeout())
+            .min()
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    /// Moves replica outputs to the node's outputs.
+    fn collect(&mut self, share: ShareId) {
+        let Some(r) = self.shares.get_mut(&share) else {
+            return;
+        };
+        while let Some(out) = r.poll_output() {
+            self.outputs.push_back(match out {
+                db::Output::Persist { id, ops } => Output::Persist { share, id, ops },
+                db::Output::Event(event) => Output::Event(Event::Db { share, event }),
+            });
+        }
+    }
+
+    /// Queues database messages on `conn` while its session has room.
+    fn refill(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.session.state() != SessionState::Established
+            || self.current.get(&c.peer) != Some(&conn)
+        {
+            return;
+        }
+        let peer = c.peer;
+        for replica in self.shares.values_mut() {
+            while c.session.send_queue_len() < SESSION_HIGH_WATER {
+                let Some(msg) = replica.poll_message(&peer) else {
+                    break;
+                };
+                let message = Message::Extension(ExtensionMessage {
+                    name: DB_EXTENSION.to_owned(),
+                    payload: msg.encode(),
+                });
+                if c.session.send(message, Priority::Bulk).is_err() {
+                    // Closed meanwhile: the peer re-syncs from its cursor next time.
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drain_session(&mut self, now: Timestamp, conn: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let peer = c.peer;
+            let Some(event) = c.session.poll_event() else {
+                break;
+            };
+            self.on_session_event(now, conn, peer, event);
+        }
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.session.is_finished())
+        {
+            self.conns.remove(&conn);
+            self.outputs.push_back(Output::Close { conn });
+        }
+    }
+
+    fn on_session_event(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        peer: DeviceId,
+        event: SessionEvent,
+    ) {
+        let in_use = self.current.get(&peer) == Some(&conn);
+        match event {
+            SessionEvent::Established(n) => {
+                if let Some(old) = self.current.insert(peer, conn)
+                    && old != conn
+                    && let Some(o) = self.conns.get_mut(&old)
+                {
+                    o.session
+                        .close(now, CloseCode::DUPLICATE, "replaced by a newer connection");
+                }
+                for replica in self.shares.values_mut() {
+                    if replica.is_member(&peer) {
+                        replica.peer_connected(peer);
+                    }
+                }
+                self.outputs.push_back(Output::Event(Event::PeerUp {
+                    peer,
+                    name: n.peer_name,
+                }));
+            }
+            SessionEvent::Message(Message::Extension(m)) if m.name == DB_EXTENSION && in_use => {
+                match DbMessage::decode(&m.payload) {
+                    Ok(Some(msg)) => {
+                        let tag = msg.share();
+                        let share = self
+                            .shares
+                            .keys()
+                            .find(|id| db::replica::share_tag(id) == tag)
+                            .copied();
+                        if let Some(share) = share
+                            && let Some(r) = self.shares.get_mut(&share)
+                        {
+                            r.handle_message(peer, msg);
+                            self.collect(share);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.session.close(
+                                now,
+                                CloseCode::PROTOCOL_ERROR,
+                                &format!("database message: {e}"),
+                            );
+                        }
+                    }
+                }
+            }
+            SessionEvent::Closed(reason) if in_use => {
+                self.current.remove(&peer);
+                for replica in self.shares.values_mut() {
+                    replica.peer_disconnected(&peer);
+                }
+                self.outputs
+                    .push_back(Output::Event(Event::PeerDown { peer, reason }));
+            }
+            // Messages of a replaced session, other extensions, closes of replaced sessions.
+            _ => {}
+        }
+    }
+}
