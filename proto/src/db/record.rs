@@ -165,6 +165,7 @@ impl Record {
             return Err(RecordError::ValueTooLarge);
         }
         if self.version.len() > MAX_VERSION_ENTRIES
+            || !self.version.is_canonical()
             || self.dot.counter == 0
             || self.version.get(&self.dot.writer) != self.dot.counter
         {

@@ -269,7 +269,7 @@ impl Replica {
             entries
                 .entry(record.key.clone())
                 .or_insert_with(|| Entry {
-                    siblings: Vec::new(),
+                    siblings: Vec::with_capacity(1),
                 })
                 .siblings
                 .push(Sibling {
@@ -676,7 +676,7 @@ impl Replica {
     ) -> bool {
         let key = record.key.clone();
         let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
-            siblings: Vec::new(),
+            siblings: Vec::with_capacity(1),
         });
         // Already have it, or something newer.
         if entry

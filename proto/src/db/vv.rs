@@ -37,9 +37,12 @@ pub enum Causality {
 }
 
 /// Per writer, the highest counter of its writes that a version supersedes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct VersionVector(BTreeMap<DeviceId, u64>);
+///
+/// Kept as a vector sorted by device ID with no zero entries: a record names a handful of
+/// writers, and a sorted vector costs 40 bytes per writer where a map node costs hundreds.
+/// On the wire it is a CBOR map from device ID (32-byte string) to counter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct VersionVector(Vec<(DeviceId, u64)>);
 
 impl VersionVector {
     /// The empty vector: supersedes nothing.
@@ -49,7 +52,9 @@ impl VersionVector {
 
     /// The counter for `writer` (0 if absent).
     pub fn get(&self, writer: &DeviceId) -> u64 {
-        self.0.get(writer).copied().unwrap_or(0)
+        self.0
+            .binary_search_by(|(d, _)| d.cmp(writer))
+            .map_or(0, |i| self.0[i].1)
     }
 
     /// Entries in device order.
@@ -67,18 +72,30 @@ impl VersionVector {
         self.0.is_empty()
     }
 
+    /// Whether every entry is non-zero (the canonical form writers produce).
+    pub fn is_canonical(&self) -> bool {
+        self.0.iter().all(|(_, c)| *c > 0)
+    }
+
     /// Raises each entry to the maximum of both vectors.
     pub fn merge(&mut self, other: &VersionVector) {
         for (d, c) in other.iter() {
-            let e = self.0.entry(*d).or_insert(0);
-            *e = (*e).max(c);
+            self.set(Dot {
+                writer: *d,
+                counter: c,
+            });
         }
     }
 
-    /// Records `dot` (the writer's own new write).
+    /// Raises `dot.writer`'s entry to `dot.counter` (a writer's own new write).
     pub fn set(&mut self, dot: Dot) {
-        let e = self.0.entry(dot.writer).or_insert(0);
-        *e = (*e).max(dot.counter);
+        if dot.counter == 0 {
+            return;
+        }
+        match self.0.binary_search_by(|(d, _)| d.cmp(&dot.writer)) {
+            Ok(i) => self.0[i].1 = self.0[i].1.max(dot.counter),
+            Err(i) => self.0.insert(i, (dot.writer, dot.counter)),
+        }
     }
 
     /// Whether this vector supersedes-or-equals the write `dot`.
@@ -90,30 +107,38 @@ impl VersionVector {
     pub fn causality(&self, other: &VersionVector) -> Causality {
         let mut less = false;
         let mut greater = false;
-        let mut a = self.0.iter().peekable();
-        let mut b = other.0.iter().peekable();
+        let (mut a, mut b) = (self.0.iter().peekable(), other.0.iter().peekable());
         loop {
-            let ord = match (a.peek(), b.peek()) {
+            match (a.peek(), b.peek()) {
                 (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some((da, _)), Some((db, _))) => da.cmp(db),
-            };
-            match ord {
-                // A writer only `self` knows of (its count is > 0).
-                Ordering::Less => {
-                    greater |= a.next().is_some_and(|(_, c)| *c > 0);
+                // A writer only one side knows of (canonical entries are never zero).
+                (Some(_), None) => {
+                    greater = true;
+                    break;
                 }
-                Ordering::Greater => {
-                    less |= b.next().is_some_and(|(_, c)| *c > 0);
+                (None, Some(_)) => {
+                    less = true;
+                    break;
                 }
-                Ordering::Equal => {
-                    let (Some((_, ca)), Some((_, cb))) = (a.next(), b.next()) else {
-                        break;
-                    };
-                    greater |= ca > cb;
-                    less |= ca < cb;
-                }
+                (Some((da, ca)), Some((db, cb))) => match da.cmp(db) {
+                    Ordering::Less => {
+                        greater = true;
+                        a.next();
+                    }
+                    Ordering::Greater => {
+                        less = true;
+                        b.next();
+                    }
+                    Ordering::Equal => {
+                        greater |= ca > cb;
+                        less |= ca < cb;
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+            if less && greater {
+                break;
             }
         }
         match (less, greater) {
@@ -127,6 +152,26 @@ impl VersionVector {
     /// Whether this version supersedes or equals `other`.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         matches!(self.causality(other), Causality::Equal | Causality::After)
+    }
+}
+
+impl Serialize for VersionVector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (d, c) in &self.0 {
+            m.serialize_entry(d, c)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionVector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Kept exactly as received (sorted by the map): the writer signed these entries. A
+        // zero counter is not canonical and `Record::check_shape` refuses it.
+        let map: BTreeMap<DeviceId, u64> = BTreeMap::deserialize(d)?;
+        Ok(VersionVector(map.into_iter().collect()))
     }
 }
 
