@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod node;
+
 use std::time::Instant;
 
 use bytes::Bytes;

@@ -1,0 +1,481 @@
+//! A whole device on tokio: proto's [`Node`] bound to sockets, a timer and the store.
+//!
+//! One owner task runs the node. Each connection has a reader task (bytes → owner) and a
+//! writer task (frames ← owner, through a channel of [`WRITE_QUEUE`] frames): the owner pulls a
+//! frame from the node only when the writer has room, so proto's scheduling (control before
+//! bulk) holds all the way to the socket. Each share's store runs on its own blocking thread,
+//! applying batches in order. The application talks to the owner through a [`NodeHandle`].
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use clearskies_proto::db::{self, Dot, Entry, Member, ShareId};
+use clearskies_proto::identity::DeviceId;
+use clearskies_proto::node::{ConnId, Event, Node, Output};
+use clearskies_store::{ReplicaStore, StoreError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::MonotonicClock;
+
+/// Frames queued per connection between the owner and the writer task.
+pub const WRITE_QUEUE: usize = 8;
+/// Bytes per read from a socket.
+const READ_CHUNK: usize = 64 * 1024;
+/// Inputs the owner handles per wake-up before re-checking timers and writers.
+const INPUTS_PER_WAKE: usize = 64;
+
+/// A byte stream the driver can run a session on (a TLS stream, a TCP stream in tests).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Why a request to the node failed.
+#[derive(Debug)]
+pub enum NodeError {
+    /// The node's task has stopped.
+    Stopped,
+    /// The node refused the request.
+    Refused(clearskies_proto::Error),
+    /// The store failed; nothing was acknowledged.
+    Store(String),
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Stopped => write!(f, "the node has stopped"),
+            NodeError::Refused(e) => write!(f, "{e}"),
+            NodeError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+enum Input {
+    Connection {
+        peer: DeviceId,
+        stream: Box<dyn Stream>,
+    },
+    Bytes(ConnId, Bytes),
+    Closed(ConnId),
+    Writable,
+    Persisted(ShareId, u64, Result<(), String>),
+    OpenShare {
+        share: ShareId,
+        members: BTreeMap<DeviceId, Member>,
+        store: ReplicaStore,
+        state: db::ReplicaState,
+        reply: oneshot::Sender<()>,
+    },
+    Put {
+        share: ShareId,
+        key: String,
+        value: Option<Bytes>,
+        reply: oneshot::Sender<Result<Dot, NodeError>>,
+    },
+    Get {
+        share: ShareId,
+        key: String,
+        reply: oneshot::Sender<Option<Entry>>,
+    },
+    List {
+        share: ShareId,
+        prefix: String,
+        reply: oneshot::Sender<Vec<(String, Entry)>>,
+    },
+    Shutdown,
+}
+
+/// The application's side of a running node. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Input")
+    }
+}
+
+impl NodeHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(make(reply))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Hands the node an authenticated connection to `peer` (TLS verified the peer's key).
+    pub async fn add_connection(
+        &self,
+        peer: DeviceId,
+        stream: impl Stream,
+    ) -> Result<(), NodeError> {
+        self.inputs
+            .send(Input::Connection {
+                peer,
+                stream: Box::new(stream),
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Opens a share's replica from its store, as [`ReplicaStore::open`] returned it.
+    pub async fn open_share(
+        &self,
+        share: ShareId,
+        members: BTreeMap<DeviceId, Member>,
+        (store, state): (ReplicaStore, db::ReplicaState),
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Input::OpenShare {
+            share,
+            members,
+            store,
+            state,
+            reply,
+        })
+        .await
+    }
+
+    /// Writes a document (CBOR); returns once it is durable.
+    pub async fn put(&self, share: ShareId, key: &str, value: Bytes) -> Result<Dot, NodeError> {
+        let key = key.to_owned();
+        self.ask(|reply| Input::Put {
+            share,
+            key,
+            value: Some(value),
+            reply,
+        })
+        .await?
+    }
+
+    /// Deletes a key; returns once the deletion is durable.
+    pub async fn delete(&self, share: ShareId, key: &str) -> Result<Dot, NodeError> {
+        let key = key.to_owned();
+        self.ask(|reply| Input::Put {
+            share,
+            key,
+            value: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// A key's current versions (every sibling while in conflict), tombstones included.
+    pub async fn get(&self, share: ShareId, key: &str) -> Result<Option<Entry>, NodeError> {
+        let key = key.to_owned();
+        self.ask(|reply| Input::Get { share, key, reply }).await
+    }
+
+    /// Keys with `prefix`, in order.
+    pub async fn list(
+        &self,
+        share: ShareId,
+        prefix: &str,
+    ) -> Result<Vec<(String, Entry)>, NodeError> {
+        let prefix = prefix.to_owned();
+        self.ask(|reply| Input::List {
+            share,
+            prefix,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the node: sessions are closed, the task returns.
+    pub async fn shutdown(&self) {
+        let _ = self.inputs.send(Input::Shutdown).await;
+    }
+}
+
+/// Starts `node` on the current tokio runtime. Events (peers, database changes, conflicts)
+/// arrive on the returned receiver.
+pub fn spawn_node(
+    node: Node,
+    clock: MonotonicClock,
+) -> (
+    NodeHandle,
+    mpsc::Receiver<Event>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (inputs, receiver) = mpsc::channel(256);
+    let (events_tx, events) = mpsc::channel(1024);
+    let owner = Owner {
+        node,
+        clock,
+        inputs: inputs.clone(),
+        writers: BTreeMap::new(),
+        stores: BTreeMap::new(),
+        pending_puts: BTreeMap::new(),
+        next_conn: 1,
+        events: events_tx,
+    };
+    let task = tokio::spawn(owner.run(receiver));
+    (NodeHandle { inputs }, events, task)
+}
+
+struct Owner {
+    node: Node,
+    clock: MonotonicClock,
+    inputs: mpsc::Sender<Input>,
+    writers: BTreeMap<ConnId, mpsc::Sender<Bytes>>,
+    stores: BTreeMap<ShareId, std::sync::mpsc::Sender<(u64, Vec<db::PersistOp>)>>,
+    pending_puts: BTreeMap<Dot, oneshot::Sender<Result<Dot, NodeError>>>,
+    next_conn: ConnId,
+    events: mpsc::Sender<Event>,
+}
+
+fn wall_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Owner {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        loop {
+            let deadline = self.node.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(self.clock.instant(t).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                input = inputs.recv() => {
+                    let Some(input) = input else { return };
+                    if !self.handle(input) {
+                        return;
+                    }
+                    // Bounded work per wake-up: take what is already queued, up to a limit.
+                    for _ in 0..INPUTS_PER_WAKE {
+                        match inputs.try_recv() {
+                            Ok(input) => if !self.handle(input) { return },
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = sleep => {}
+            }
+            // Check the deadline against the clock, not only the timer future.
+            let now = self.clock.now();
+            if deadline.is_some_and(|d| d <= now) {
+                self.node.handle_timeout(now);
+            }
+            self.flush().await;
+        }
+    }
+
+    /// Handles one input; `false` ends the node.
+    fn handle(&mut self, input: Input) -> bool {
+        let now = self.clock.now();
+        match input {
+            Input::Connection { peer, stream } => {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                let (reader, writer) = tokio::io::split(stream);
+                let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE);
+                self.writers.insert(conn, frames_tx);
+                tokio::spawn(read_loop(conn, reader, self.inputs.clone()));
+                tokio::spawn(write_loop(conn, writer, frames_rx, self.inputs.clone()));
+                self.node.handle_connected(now, conn, peer);
+            }
+            Input::Bytes(conn, bytes) => self.node.handle_bytes(now, conn, &bytes),
+            Input::Closed(conn) => {
+                self.writers.remove(&conn);
+                self.node.handle_closed(now, conn);
+            }
+            Input::Writable => {}
+            Input::Persisted(share, id, result) => match result {
+                Ok(()) => self.node.handle_persisted(&share, id),
+                Err(e) => {
+                    // A failed batch is never confirmed: nothing after it is acknowledged or
+                    // sent. Tell every waiting writer why.
+                    for (_, reply) in std::mem::take(&mut self.pending_puts) {
+                        let _ = reply.send(Err(NodeError::Store(e.clone())));
+                    }
+                }
+            },
+            Input::OpenShare {
+                share,
+                members,
+                store,
+                state,
+                reply,
+            } => {
+                let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<db::PersistOp>)>();
+                let inputs = self.inputs.clone();
+                std::thread::Builder::new()
+                    .name("clearskies-store".into())
+                    .spawn(move || {
+                        for (id, ops) in rx {
+                            let result = store.apply(&ops).map_err(|e: StoreError| e.to_string());
+                            if inputs
+                                .blocking_send(Input::Persisted(share, id, result))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    })
+                    .expect("spawning the store thread");
+                self.stores.insert(share, tx);
+                self.node.open_share(share, members, state, random_u64());
+                let _ = reply.send(());
+            }
+            Input::Put {
+                share,
+                key,
+                value,
+                reply,
+            } => {
+                let result = match value {
+                    Some(v) => self.node.put(&share, wall_micros(), &key, v),
+                    None => self.node.delete(&share, wall_micros(), &key),
+                };
+                match result {
+                    Ok(dot) => {
+                        self.pending_puts.insert(dot, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Refused(e)));
+                    }
+                }
+            }
+            Input::Get { share, key, reply } => {
+                let entry = self
+                    .node
+                    .replica(&share)
+                    .and_then(|r| r.entry(&key))
+                    .cloned();
+                let _ = reply.send(entry);
+            }
+            Input::List {
+                share,
+                prefix,
+                reply,
+            } => {
+                let list = self
+                    .node
+                    .replica(&share)
+                    .map(|r| {
+                        r.range(&prefix)
+                            .map(|(k, e)| (k.clone(), e.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let _ = reply.send(list);
+            }
+            Input::Shutdown => return false,
+        }
+        true
+    }
+
+    /// Drains outputs and pulls frames for every writer with room.
+    async fn flush(&mut self) {
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Persist { share, id, ops } => {
+                    if let Some(store) = self.stores.get(&share) {
+                        let _ = store.send((id, ops));
+                    }
+                }
+                Output::Close { conn } => {
+                    // Dropping the sender lets the writer finish the queued frames and shut
+                    // the socket down.
+                    self.writers.remove(&conn);
+                }
+                Output::Event(event) => {
+                    if let Event::Db {
+                        event: db::Event::WriteAcked { dot },
+                        ..
+                    } = &event
+                        && let Some(reply) = self.pending_puts.remove(dot)
+                    {
+                        let _ = reply.send(Ok(*dot));
+                    }
+                    // A slow event consumer slows the node rather than losing events.
+                    let _ = self.events.send(event).await;
+                }
+            }
+        }
+        let now = self.clock.now();
+        let conns: Vec<ConnId> = self.writers.keys().copied().collect();
+        for conn in conns {
+            let Some(writer) = self.writers.get(&conn) else {
+                continue;
+            };
+            while let Ok(permit) = writer.try_reserve() {
+                match self.node.poll_transmit(now, conn) {
+                    Some(frame) => permit.send(frame),
+                    None => break,
+                }
+            }
+        }
+        // poll_transmit may have finished sessions.
+        while let Some(out) = self.node.poll_output() {
+            if let Output::Close { conn } = out {
+                self.writers.remove(&conn);
+            } else if let Output::Event(event) = out {
+                let _ = self.events.send(event).await;
+            }
+        }
+    }
+}
+
+/// A random 64-bit value from the operating system (a new replica's index ID).
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // Without OS randomness the process cannot make keys either: nothing sensible to do.
+    getrandom::getrandom(&mut b).expect("the operating system's random source");
+    u64::from_le_bytes(b)
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(conn: ConnId, mut reader: R, inputs: mpsc::Sender<Input>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = inputs.send(Input::Closed(conn)).await;
+                return;
+            }
+            Ok(n) => {
+                if inputs
+                    .send(Input::Bytes(conn, Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    conn: ConnId,
+    mut writer: W,
+    mut frames: mpsc::Receiver<Bytes>,
+    inputs: mpsc::Sender<Input>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            let _ = inputs.send(Input::Closed(conn)).await;
+            return;
+        }
+        if frames.is_empty() {
+            if writer.flush().await.is_err() {
+                let _ = inputs.send(Input::Closed(conn)).await;
+                return;
+            }
+            // Room for more: ask the owner to pull.
+            let _ = inputs.try_send(Input::Writable);
+        }
+    }
+    let _ = writer.shutdown().await;
+}
