@@ -61,6 +61,10 @@ def main():
     for c in cases("device_ids.json"):
         write("access_code", "id-" + c["name"], c["input"].encode("utf-8"))
         count += 1
+    # The db_message target decodes its whole input as an org.clearskies.db payload.
+    for c in cases("db_messages.json"):
+        write("db_message", c["name"], unhex(c["hex"]))
+        count += 1
     print(f"wrote {count} seed inputs under {os.path.relpath(CORPUS, ROOT)}/")
 
 

@@ -211,6 +211,7 @@ pub fn spawn_node(
         inputs: inputs.clone(),
         writers: BTreeMap::new(),
         stores: BTreeMap::new(),
+        store_threads: Vec::new(),
         pending_puts: BTreeMap::new(),
         next_conn: 1,
         events: events_tx,
@@ -225,6 +226,7 @@ struct Owner {
     inputs: mpsc::Sender<Input>,
     writers: BTreeMap<ConnId, mpsc::Sender<Bytes>>,
     stores: BTreeMap<ShareId, std::sync::mpsc::Sender<(u64, Vec<db::PersistOp>)>>,
+    store_threads: Vec<std::thread::JoinHandle<()>>,
     pending_puts: BTreeMap<Dot, oneshot::Sender<Result<Dot, NodeError>>>,
     next_conn: ConnId,
     events: mpsc::Sender<Event>,
@@ -237,7 +239,21 @@ fn wall_micros() -> u64 {
 }
 
 impl Owner {
-    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+    async fn run(mut self, inputs: mpsc::Receiver<Input>) {
+        self.serve(inputs).await;
+        // Let each store finish the batches it has, then release its file, before the task
+        // ends: a node restarted right after can open it again.
+        self.stores.clear();
+        let threads = std::mem::take(&mut self.store_threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+
+    async fn serve(&mut self, mut inputs: mpsc::Receiver<Input>) {
         loop {
             let deadline = self.node.poll_timeout();
             let sleep = async {
@@ -310,7 +326,7 @@ impl Owner {
             } => {
                 let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<db::PersistOp>)>();
                 let inputs = self.inputs.clone();
-                std::thread::Builder::new()
+                let thread = std::thread::Builder::new()
                     .name("clearskies-store".into())
                     .spawn(move || {
                         for (id, ops) in rx {
@@ -324,6 +340,7 @@ impl Owner {
                         }
                     })
                     .expect("spawning the store thread");
+                self.store_threads.push(thread);
                 self.stores.insert(share, tx);
                 self.node.open_share(share, members, state, random_u64());
                 let _ = reply.send(());

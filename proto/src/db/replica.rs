@@ -27,6 +27,10 @@ use crate::identity::DeviceId;
 
 /// Bytes of records (roughly) per `Records` message.
 pub const RECORDS_BATCH_BYTES: usize = 64 * 1024;
+/// Refusals queued per peer; more are reported to the app only.
+pub const MAX_QUEUED_REFUSALS: usize = 64;
+/// Bytes of a refused record's key echoed back in `Refused`.
+pub const MAX_REFUSED_KEY: usize = 256;
 
 /// What a member may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,6 +224,9 @@ struct Peer {
     /// The highest sequence number the peer knows we covered (sent, or skipped as its own),
     /// `None` until the first CaughtUp after its request.
     announced: Option<u64>,
+    /// Whether records that came from this peer may be left out of the stream. Not on a full
+    /// sync (`after == 0`): the peer may be a reset replica that lost them.
+    skip_own: bool,
     /// Whether the peer's first CaughtUp of this connection was reported to the app.
     caught_up_reported: bool,
     /// Refusals to tell the peer.
@@ -420,7 +427,7 @@ impl Replica {
             counter: self.meta.write_counter,
         };
         version.set(dot);
-        self.meta.hlc = wall_micros.max(self.meta.hlc + 1);
+        self.meta.hlc = wall_micros.max(self.meta.hlc.saturating_add(1));
         let record = Record::sign(
             &self.share,
             key.to_owned(),
@@ -482,6 +489,7 @@ impl Replica {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.streaming = Some(after);
                     p.announced = None;
+                    p.skip_own = after > 0;
                 }
             }
             DbMessage::Records(batch) => self.receive_records(peer, batch),
@@ -535,9 +543,11 @@ impl Replica {
             return Some(DbMessage::Refused(r));
         }
         let after = p.streaming?;
+        let p_skip_own = p.skip_own;
         let mut records = Vec::new();
         let mut bytes = 0;
         let mut last = after;
+        let mut full = false;
         let pending = if after < self.durable_seq {
             self.by_seq.range(after + 1..=self.durable_seq)
         } else {
@@ -552,14 +562,20 @@ impl Replica {
             else {
                 continue;
             };
-            if sibling.origin.as_ref() == Some(peer) {
+            if p_skip_own && sibling.origin.as_ref() == Some(peer) {
                 continue;
             }
             bytes += approximate_size(&sibling.record);
             records.push((seq, sibling.record.clone()));
             if bytes >= RECORDS_BATCH_BYTES {
+                full = true;
                 break;
             }
+        }
+        if !full {
+            // The walk covered the whole durable feed, including superseded numbers after
+            // the last current record.
+            last = last.max(self.durable_seq);
         }
         let p = self.peers.get_mut(peer)?;
         p.streaming = Some(last);
@@ -629,16 +645,23 @@ impl Replica {
             match self.check(&record) {
                 Ok(()) => {
                     self.meta.hlc = self.meta.hlc.max(record.hlc);
+                    if record.dot.writer == self.key.device_id() {
+                        // Our own write, from before a reset of this replica: never reuse its
+                        // counter.
+                        self.meta.write_counter = self.meta.write_counter.max(record.dot.counter);
+                    }
                     self.apply(record, Some(peer), &mut ops);
                 }
                 Err(e) => {
                     let refusal = Refused {
                         share: self.tag,
-                        key: record.key.clone(),
+                        key: truncated(&record.key, MAX_REFUSED_KEY).to_owned(),
                         dot: record.dot,
                         error: e.code().to_owned(),
                     };
-                    if let Some(p) = self.peers.get_mut(&peer) {
+                    if let Some(p) = self.peers.get_mut(&peer)
+                        && p.refusals.len() < MAX_QUEUED_REFUSALS
+                    {
                         p.refusals.push_back(refusal);
                     }
                     self.outputs.push_back(Output::Event(Event::Refused {
@@ -736,6 +759,15 @@ impl Replica {
         self.in_flight.push_back((id, self.meta.seq, writes));
         self.outputs.push_back(Output::Persist { id, ops });
     }
+}
+
+/// The longest prefix of `s` of at most `max` bytes ending on a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The wire tag of a share: its ID's first 8 bytes.

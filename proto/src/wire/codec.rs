@@ -14,8 +14,9 @@ use crate::error::ProtocolViolation;
 
 /// Encodes `value` as CBOR.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing into a Vec cannot fail for our types: they contain no maps with non-string
-    // keys and no values serde_cbor rejects, and Vec's writer is infallible.
+    // Serializing into a Vec cannot fail for our types: CBOR can express every map key they
+    // use (text, or byte strings in version vectors), no sequence has an unknown length, and
+    // Vec's writer is infallible.
     serde_cbor::to_vec(value).expect("CBOR encoding of a proto type cannot fail")
 }
 
