@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod node;
+pub mod tls;
 
 use std::time::Instant;
 

@@ -2,13 +2,14 @@
 //! loopback sockets: writes are durable when acknowledged, replicate both ways, survive a
 //! restart of the node, and a node restarted from its files catches up.
 //!
-//! The transport here is plain TCP with the peer's identity asserted by the test; the TLS
-//! layer (which authenticates it for real) is tested in its own crate.
+//! The transport is TCP + TLS 1.3 with pinned device keys; an unknown device is refused in the
+//! handshake.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use clearskies_net::PeerPolicy;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::{Access, Member, ShareId};
 use clearskies_proto::identity::DeviceId;
@@ -17,7 +18,8 @@ use clearskies_proto::session::SessionConfig;
 use clearskies_store::ReplicaStore;
 use clearskies_tokio::MonotonicClock;
 use clearskies_tokio::node::{NodeHandle, spawn_node};
-use tokio::net::{TcpListener, TcpStream};
+use clearskies_tokio::tls;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 const SHARE: ShareId = [8; 32];
@@ -61,14 +63,26 @@ async fn start(
     (handle, events, task)
 }
 
+/// Connects A (device 1, listening) and B (device 2, dialling) over TCP + TLS 1.3, each
+/// pinning the other's device key.
 async fn connect(a: &NodeHandle, b: &NodeHandle) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (accepted, dialed) = tokio::join!(listener.accept(), TcpStream::connect(addr));
-    a.add_connection(key(2).device_id(), accepted.unwrap().0)
+    let server = clearskies_net::server_config(&key(1), PeerPolicy::pinned([key(2).device_id()]));
+    let accepting = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tls::accept(tcp, server).await.unwrap()
+    };
+    let key2 = key(2);
+    let dialing = tls::connect(addr, &key2, PeerPolicy::pinned([key(1).device_id()]));
+    let ((peer_of_a, a_stream), dialed) = tokio::join!(accepting, dialing);
+    let (peer_of_b, b_stream) = dialed.unwrap();
+    assert_eq!(peer_of_a.device_id, key(2).device_id());
+    assert_eq!(peer_of_b.device_id, key(1).device_id());
+    a.add_connection(peer_of_a.device_id, a_stream)
         .await
         .unwrap();
-    b.add_connection(key(1).device_id(), dialed.unwrap())
+    b.add_connection(peer_of_b.device_id, b_stream)
         .await
         .unwrap();
 }
@@ -152,4 +166,31 @@ async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up() {
     a.shutdown().await;
     a_task.await.unwrap();
     let _ = &mut a_events;
+}
+
+#[tokio::test]
+async fn a_device_that_is_not_a_member_is_refused_in_the_handshake() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Device 1 accepts only members (1 and 2); device 3 is a stranger.
+    let members: Vec<DeviceId> = members().into_keys().collect();
+    let server = clearskies_net::server_config(&key(1), PeerPolicy::pinned(members));
+    let accepting = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tls::accept(tcp, server).await
+    };
+    let dialing = async {
+        let (_, mut stream) =
+            tls::connect(addr, &key(3), PeerPolicy::pinned([key(1).device_id()])).await?;
+        // In TLS 1.3 the client learns of its refusal on its first read.
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1];
+        stream.read(&mut buf).await.map(|_| ())
+    };
+    let (accepted, dialed) = tokio::join!(accepting, dialing);
+    let err = accepted.expect_err("the stranger must be refused");
+    let text = err.to_string();
+    assert!(text.contains(&key(3).device_id().to_string()), "{text}");
+    assert!(text.contains("refused"), "{text}");
+    assert!(dialed.is_err(), "the stranger learns it was refused");
 }
