@@ -1,0 +1,298 @@
+//! The home directory: everything the tool stores for a device.
+//!
+//! ```text
+//! HOME/device.key                   the Ed25519 secret (32 bytes, mode 0600)
+//! HOME/device.json                  {"name": ...}
+//! HOME/shares/<share-id-hex>/share.json        folder path, members
+//! HOME/shares/<share-id-hex>/replica.redb      the replicated database (clearskies-store)
+//! HOME/shares/<share-id-hex>/invitations.json  access codes handed out and not yet used up
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clearskies_proto::crypto::DeviceKey;
+use clearskies_proto::db::{Access, Member, ShareId};
+use clearskies_proto::identity::DeviceId;
+use serde::{Deserialize, Serialize};
+
+use crate::Failure;
+
+/// A device's home directory.
+pub struct Home {
+    pub root: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeviceFile {
+    name: String,
+}
+
+/// A share as recorded in the home.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct ShareFile {
+    /// The share ID, hex.
+    pub id: String,
+    /// The folder, absolute.
+    pub path: PathBuf,
+    /// Members: public key (hex) and access.
+    pub members: Vec<MemberFile>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct MemberFile {
+    pub public_key: String,
+    pub access: String,
+}
+
+/// An access code this device handed out.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Invitation {
+    pub code: String,
+    pub access: String,
+    pub uses_left: u32,
+    pub expires_unix: u64,
+}
+
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::ReadWrite => "read-write",
+        Access::ReadOnly => "read-only",
+    }
+}
+
+impl ShareFile {
+    pub fn share_id(&self) -> Result<ShareId, Failure> {
+        let bytes =
+            hex::decode(&self.id).map_err(|_| Failure::corrupt(&self.id, "share id is not hex"))?;
+        bytes
+            .try_into()
+            .map_err(|_| Failure::corrupt(&self.id, "share id is not 32 bytes"))
+    }
+
+    pub fn members(&self) -> Result<std::collections::BTreeMap<DeviceId, Member>, Failure> {
+        let mut out = std::collections::BTreeMap::new();
+        for m in &self.members {
+            let key: [u8; 32] = hex::decode(&m.public_key)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Failure::corrupt(&self.id, "a member key is malformed"))?;
+            let access = if m.access == "read-only" {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            };
+            out.insert(
+                DeviceId::from_public_key(&key),
+                Member {
+                    public_key: key,
+                    access,
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
+impl Home {
+    /// The home from `--home`, `CLEARSKIES_HOME` (both handled by the argument parser) or the
+    /// platform data directory.
+    pub fn locate(explicit: Option<PathBuf>) -> Result<Home, Failure> {
+        let root = match explicit {
+            Some(p) => p,
+            None => {
+                let base = std::env::var_os("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share"))
+                    })
+                    .ok_or_else(|| {
+                        Failure::usage("no home directory: pass --home DIR or set CLEARSKIES_HOME")
+                    })?;
+                base.join("clearskies")
+            }
+        };
+        Ok(Home { root })
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.root.join("device.key")
+    }
+
+    /// Creates the device identity if there is none; returns the device's key.
+    pub fn init(&self, name: Option<&str>) -> Result<DeviceKey, Failure> {
+        if let Ok(key) = self.key() {
+            if let Some(name) = name {
+                self.write_json(
+                    &self.root.join("device.json"),
+                    &DeviceFile {
+                        name: name.to_owned(),
+                    },
+                )?;
+            }
+            return Ok(key);
+        }
+        fs::create_dir_all(&self.root).map_err(|e| Failure::io(&self.root, e))?;
+        restrict_dir(&self.root);
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret)
+            .map_err(|e| Failure::usage(&format!("no random source: {e}")))?;
+        let path = self.key_path();
+        let mut file = create_private(&path)?;
+        file.write_all(&secret)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Failure::io(&path, e))?;
+        let default_name = std::env::var("HOSTNAME").unwrap_or_else(|_| "device".to_owned());
+        let name = name.map(str::to_owned).unwrap_or(default_name);
+        self.write_json(&self.root.join("device.json"), &DeviceFile { name })?;
+        Ok(DeviceKey::from_secret(&secret))
+    }
+
+    /// The device's key; an error that says to run `init` if there is none.
+    pub fn key(&self) -> Result<DeviceKey, Failure> {
+        let path = self.key_path();
+        let bytes = fs::read(&path).map_err(|_| {
+            Failure::usage(&format!(
+                "this device has no identity in {} yet: run `clearskies --home {} init`",
+                self.root.display(),
+                self.root.display()
+            ))
+        })?;
+        let secret: [u8; 32] = bytes.try_into().map_err(|_| {
+            Failure::corrupt(&path.display().to_string(), "device.key is not 32 bytes")
+        })?;
+        Ok(DeviceKey::from_secret(&secret))
+    }
+
+    fn shares_dir(&self) -> PathBuf {
+        self.root.join("shares")
+    }
+
+    pub fn share_dir(&self, share: &ShareFile) -> PathBuf {
+        self.shares_dir().join(&share.id)
+    }
+
+    /// Every share, in ID order.
+    pub fn shares(&self) -> Result<Vec<ShareFile>, Failure> {
+        let dir = self.shares_dir();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Failure::io(&dir, e))?;
+            let path = entry.path().join("share.json");
+            if let Ok(text) = fs::read_to_string(&path) {
+                out.push(
+                    serde_json::from_str(&text).map_err(|e| {
+                        Failure::corrupt(&path.display().to_string(), &e.to_string())
+                    })?,
+                );
+            }
+        }
+        out.sort_by(|a: &ShareFile, b: &ShareFile| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// The share for `path`, or the only share when `path` is `None`.
+    pub fn find_share(&self, path: Option<&Path>) -> Result<ShareFile, Failure> {
+        let shares = self.shares()?;
+        match path {
+            Some(p) => {
+                let p = fs::canonicalize(p).map_err(|e| Failure::io(p, e))?;
+                shares.into_iter().find(|s| s.path == p).ok_or_else(|| {
+                    Failure::usage(&format!(
+                        "{} is not a share on this device: run `clearskies share {}` first",
+                        p.display(),
+                        p.display()
+                    ))
+                })
+            }
+            None => match shares.len() {
+                1 => Ok(shares.into_iter().next().expect("one share")),
+                0 => Err(Failure::usage(
+                    "this device has no share yet: run `clearskies share PATH`",
+                )),
+                n => Err(Failure::usage(&format!(
+                    "this device has {n} shares: say which with --share PATH"
+                ))),
+            },
+        }
+    }
+
+    /// Creates a share of `path` (or returns the existing one).
+    pub fn create_share(&self, path: &Path, key: &DeviceKey) -> Result<(ShareFile, bool), Failure> {
+        let meta = fs::metadata(path).map_err(|e| Failure::io(path, e))?;
+        if !meta.is_dir() {
+            return Err(Failure::usage(&format!(
+                "{} is not a folder",
+                path.display()
+            )));
+        }
+        let path = fs::canonicalize(path).map_err(|e| Failure::io(path, e))?;
+        if let Some(existing) = self.shares()?.into_iter().find(|s| s.path == path) {
+            return Ok((existing, false));
+        }
+        let mut id = [0u8; 32];
+        getrandom::getrandom(&mut id)
+            .map_err(|e| Failure::usage(&format!("no random source: {e}")))?;
+        let share = ShareFile {
+            id: hex::encode(id),
+            path,
+            members: vec![MemberFile {
+                public_key: hex::encode(key.public_key()),
+                access: access_name(Access::ReadWrite).into(),
+            }],
+        };
+        let dir = self.share_dir(&share);
+        fs::create_dir_all(&dir).map_err(|e| Failure::io(&dir, e))?;
+        self.write_json(&dir.join("share.json"), &share)?;
+        Ok((share, true))
+    }
+
+    pub fn invitations(&self, share: &ShareFile) -> Result<Vec<Invitation>, Failure> {
+        let path = self.share_dir(share).join("invitations.json");
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| Failure::corrupt(&path.display().to_string(), &e.to_string())),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub fn save_invitations(&self, share: &ShareFile, list: &[Invitation]) -> Result<(), Failure> {
+        self.write_json(&self.share_dir(share).join("invitations.json"), &list)
+    }
+
+    /// Writes JSON atomically: temp file, fsync, rename.
+    fn write_json<T: Serialize + ?Sized>(&self, path: &Path, value: &T) -> Result<(), Failure> {
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(value)
+            .map_err(|e| Failure::corrupt(&path.display().to_string(), &e.to_string()))?;
+        let mut file = create_private(&tmp)?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Failure::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Failure::io(path, e))
+    }
+}
+
+fn create_private(path: &Path) -> Result<fs::File, Failure> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(|e| Failure::io(path, e))
+}
+
+fn restrict_dir(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Best effort: a home on a filesystem without modes still works.
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+    }
+}
