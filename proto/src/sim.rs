@@ -673,7 +673,7 @@ impl<N: SimNode> Simulator<N> {
                     let local = self.local_now(to);
                     let mut rest = data;
                     while !rest.is_empty() {
-                        let piece = if self.rng.next_u32() % 4 == 0 {
+                        let piece = if self.rng.next_u32().is_multiple_of(4) {
                             1 + self.random_below(rest.len() as u64) as usize
                         } else {
                             rest.len()

@@ -3,7 +3,6 @@
 //! `spec/vectors/generate_db.py` (cbor2 and OpenSSL's Ed25519), independent of this crate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use bytes::Bytes;
 use clearskies_proto::crypto::DeviceKey;
@@ -20,23 +19,8 @@ use clearskies_proto::identity::DeviceId;
 use clearskies_proto::wire::{Message, codec};
 use serde_json::Value;
 
-fn load(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../spec/vectors")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn cases(doc: &Value) -> &Vec<Value> {
-    doc["cases"].as_array().expect("cases")
-}
-
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("missing {key} in {v}"))
-}
+mod common;
+use common::{cases, load, s};
 
 fn u(v: &Value, key: &str) -> u64 {
     v[key]

@@ -2,29 +2,12 @@
 //! the spec states them: if the code and the spec disagree, this fails. The vectors come from
 //! `spec/vectors/generate_codes.py`, an implementation independent of this crate.
 
-use std::path::PathBuf;
-
 use clearskies_proto::code::{AccessCode, AccessCodeError, LOCATOR_ID_CONTEXT};
 use clearskies_proto::identity::{DeviceId, DeviceIdError};
 use serde_json::Value;
 
-fn load(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../spec/vectors")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn cases(doc: &Value) -> &Vec<Value> {
-    doc["cases"].as_array().expect("cases")
-}
-
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("missing {key} in {v}"))
-}
+mod common;
+use common::{cases, load, s};
 
 fn unhex<const N: usize>(v: &Value, key: &str) -> [u8; N] {
     let bytes = hex::decode(s(v, key)).expect("vector hex");

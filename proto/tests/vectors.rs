@@ -1,8 +1,6 @@
 //! The test vectors of `spec/vectors/`, loaded as the spec states them: if the code and the
 //! spec disagree, this fails.
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use clearskies_proto::Timestamp;
 use clearskies_proto::session::{CloseReason, Event, Session, SessionConfig, Timeout};
@@ -11,28 +9,8 @@ use clearskies_proto::wire::{
 };
 use serde_json::Value;
 
-fn load(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../spec/vectors")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    let clean: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    hex::decode(clean).expect("vector hex")
-}
-
-fn cases(doc: &Value) -> &Vec<Value> {
-    doc["cases"].as_array().expect("cases")
-}
-
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("missing {key} in {v}"))
-}
+mod common;
+use common::{cases, load, s, unhex};
 
 #[test]
 fn frame_vectors() {
