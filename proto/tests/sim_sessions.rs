@@ -37,19 +37,24 @@ struct Host {
 }
 
 impl Host {
-    fn new(config: SessionConfig, dial: Vec<NodeId>, persisted: Option<&Persisted>) -> Host {
+    fn new(
+        config: SessionConfig,
+        dial: Vec<NodeId>,
+        persisted: Option<&Persisted>,
+        now: Timestamp,
+    ) -> Host {
         let mut persisted = persisted.cloned().unwrap_or_default();
         persisted.boots += 1;
-        let actions = dial.iter().map(|&to| Action::Connect { to }).collect();
         Host {
             config,
             persisted,
-            connecting: dial.iter().copied().collect(),
+            connecting: BTreeSet::new(),
+            // Dial on the first timer tick, once every node of the simulation exists.
+            redial_at: dial.iter().map(|&to| (to, now)).collect(),
             dial,
             sessions: BTreeMap::new(),
-            redial_at: BTreeMap::new(),
             backoff: BTreeMap::new(),
-            actions,
+            actions: VecDeque::new(),
             log: Vec::new(),
         }
     }
@@ -191,9 +196,14 @@ fn config(name: String, keepalive: Duration) -> SessionConfig {
 
 /// A simulator of `n` hosts in which every host dials every host with a higher id.
 fn mesh(seed: u64, n: u32, keepalive: impl Fn(NodeId) -> Duration + 'static) -> Simulator<Host> {
-    let mut sim = Simulator::new(seed, move |id, persisted, _now| {
+    let mut sim = Simulator::new(seed, move |id, persisted, now| {
         let dial = (id + 1..n).collect();
-        Host::new(config(format!("node-{id}"), keepalive(id)), dial, persisted)
+        Host::new(
+            config(format!("node-{id}"), keepalive(id)),
+            dial,
+            persisted,
+            now,
+        )
     });
     for _ in 0..n {
         let skew = ClockSkew {
