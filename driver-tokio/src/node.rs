@@ -331,12 +331,9 @@ impl Owner {
                     .spawn(move || {
                         for (id, ops) in rx {
                             let result = store.apply(&ops).map_err(|e: StoreError| e.to_string());
-                            if inputs
-                                .blocking_send(Input::Persisted(share, id, result))
-                                .is_err()
-                            {
-                                return;
-                            }
+                            // Once the node has stopped nobody hears the answer, but the
+                            // batches already queued are still applied (see `Owner::run`).
+                            let _ = inputs.blocking_send(Input::Persisted(share, id, result));
                         }
                     })
                     .expect("spawning the store thread");

@@ -1,0 +1,382 @@
+//! The driver conformance suite (`STYLE.md` rule 14): the scenarios every transport that feeds
+//! this runtime must pass, written once. A driver's tests implement [`Transport`] (listen,
+//! accept, dial on real sockets) and call each scenario; the scenarios run whole nodes with
+//! redb stores on the tokio runtime and assert on what the replicas hold.
+//!
+//! Built only with the `conformance` feature, which driver crates enable for their tests.
+//!
+//! Devices: device 1 ("A") listens, device 2 ("B") dials; both are read-write members of one
+//! share. Device 3 is a stranger.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clearskies_net::{PeerKey, PeerPolicy};
+use clearskies_proto::crypto::DeviceKey;
+use clearskies_proto::db::{self, Access, Member, ShareId};
+use clearskies_proto::identity::DeviceId;
+use clearskies_proto::node::{Event, Node};
+use clearskies_proto::session::SessionConfig;
+use clearskies_store::ReplicaStore;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::MonotonicClock;
+use crate::node::{NodeHandle, Stream, spawn_node};
+
+/// Cuts a connection abruptly, as a network failure or a crashed peer would: the session gets
+/// no chance to close.
+pub type Cut = Box<dyn FnOnce() + Send>;
+
+/// A transport under test: authenticated connections over real sockets.
+///
+/// The scenarios await these futures on the test's own task, never spawned, so they need not
+/// be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait Transport {
+    /// What [`Transport::listen`] returns: a bound listening socket and its configuration.
+    type Listener;
+    /// The authenticated byte stream.
+    type Stream: Stream;
+
+    /// Binds a listener on loopback that presents `key` and judges dialers with `policy`.
+    async fn listen(&self, key: &DeviceKey, policy: PeerPolicy) -> Self::Listener;
+
+    /// Where the listener can be dialled.
+    fn addr(listener: &Self::Listener) -> SocketAddr;
+
+    /// Accepts one connection and completes its handshake. Returns the dialer's proven key, the
+    /// stream, and a [`Cut`] that kills the connection. It may finish only once the dialer has
+    /// written (QUIC announces a stream with its first bytes), so the suite hands the dialer's
+    /// stream to its node without waiting for `accept`.
+    async fn accept(&self, listener: &Self::Listener) -> io::Result<(PeerKey, Self::Stream, Cut)>;
+
+    /// Dials `addr` as `key`, judging the listener with `policy`. Returns the listener's proven
+    /// key and the stream.
+    async fn dial(
+        &self,
+        key: &DeviceKey,
+        policy: PeerPolicy,
+        addr: SocketAddr,
+    ) -> io::Result<(PeerKey, Self::Stream)>;
+}
+
+const SHARE: ShareId = [8; 32];
+/// How long a scenario waits for something that should happen at once on loopback.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn key(n: u8) -> DeviceKey {
+    DeviceKey::from_secret(&[n; 32])
+}
+
+fn members() -> BTreeMap<DeviceId, Member> {
+    [1u8, 2]
+        .iter()
+        .map(|&i| {
+            (
+                key(i).device_id(),
+                Member {
+                    public_key: key(i).public_key(),
+                    access: Access::ReadWrite,
+                },
+            )
+        })
+        .collect()
+}
+
+struct Device {
+    handle: NodeHandle,
+    events: mpsc::Receiver<Event>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts device `n` with its store in `dir` (reopened if it exists).
+async fn start(n: u8, dir: &std::path::Path) -> Device {
+    let clock = MonotonicClock::new();
+    let config = SessionConfig {
+        device_name: format!("device-{n}"),
+        ..SessionConfig::default()
+    };
+    let node = Node::new(key(n), config, clock.now());
+    let (handle, events, task) = spawn_node(node, clock);
+    let store = ReplicaStore::open(&dir.join(format!("replica-{n}.redb"))).expect("open store");
+    handle
+        .open_share(SHARE, members(), store)
+        .await
+        .expect("open share");
+    Device {
+        handle,
+        events,
+        task,
+    }
+}
+
+impl Device {
+    async fn stop(self) {
+        self.handle.shutdown().await;
+        self.task.await.expect("node task");
+    }
+}
+
+/// Connects A (device 1, listening) and B (device 2, dialling), each pinning the other's key,
+/// and hands each end to its node. Returns the cut of A's end.
+async fn connect<T: Transport>(transport: &T, a: &NodeHandle, b: &NodeHandle) -> Cut {
+    let listener = transport
+        .listen(&key(1), PeerPolicy::pinned([key(2).device_id()]))
+        .await;
+    let addr = T::addr(&listener);
+    let accepting = async {
+        let (peer, stream, cut) = transport.accept(&listener).await.expect("A accepts B");
+        assert_eq!(peer.device_id, key(2).device_id());
+        a.add_connection(peer.device_id, stream)
+            .await
+            .expect("A running");
+        cut
+    };
+    let dialing = async {
+        let (peer, stream) = transport
+            .dial(&key(2), PeerPolicy::pinned([key(1).device_id()]), addr)
+            .await
+            .expect("B dials A");
+        assert_eq!(peer.device_id, key(1).device_id());
+        b.add_connection(peer.device_id, stream)
+            .await
+            .expect("B running");
+    };
+    let (cut, ()) = tokio::join!(accepting, dialing);
+    cut
+}
+
+async fn wait_for(events: &mut mpsc::Receiver<Event>, what: impl Fn(&Event) -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(e) = events.recv().await {
+            if what(&e) {
+                return;
+            }
+        }
+        panic!("node stopped");
+    })
+    .await
+    .expect("the event in time");
+}
+
+fn changed(key: &'static str) -> impl Fn(&Event) -> bool {
+    move |e| matches!(e, Event::Db { event: db::Event::Changed { key: k }, .. } if k == key)
+}
+
+async fn value(h: &NodeHandle, key: &str) -> Option<Vec<u8>> {
+    h.get(SHARE, key)
+        .await
+        .expect("node running")
+        .and_then(|e| e.winner().value.as_ref().map(|v| v.to_vec()))
+}
+
+/// Every key with all its current versions: what two converged replicas hold alike (an
+/// [`db::Entry`] also carries per-replica bookkeeping).
+async fn records(h: &NodeHandle) -> Vec<(String, Vec<db::Record>)> {
+    h.list(SHARE, "")
+        .await
+        .expect("node running")
+        .into_iter()
+        .map(|(key, entry)| (key, entry.siblings().cloned().collect()))
+        .collect()
+}
+
+/// Two devices sync writes made before connecting both ways, then live writes; B stops, A
+/// writes and deletes, B restarts from its files and catches up.
+pub async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up<T: Transport>(transport: &T) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut a = start(1, dir.path()).await;
+    let mut b = start(2, dir.path()).await;
+    // Writes made before any connection.
+    a.handle
+        .put(SHARE, "notes/a", Bytes::from_static(b"\x61a"))
+        .await
+        .unwrap();
+    b.handle
+        .put(SHARE, "notes/b", Bytes::from_static(b"\x61b"))
+        .await
+        .unwrap();
+    let _ = connect(transport, &a.handle, &b.handle).await;
+    wait_for(&mut a.events, changed("notes/b")).await;
+    wait_for(&mut b.events, changed("notes/a")).await;
+    assert_eq!(value(&b.handle, "notes/a").await, Some(b"\x61a".to_vec()));
+    assert_eq!(value(&a.handle, "notes/b").await, Some(b"\x61b".to_vec()));
+
+    // Live: a write on A appears on B.
+    for i in 0..100 {
+        a.handle
+            .put(
+                SHARE,
+                &format!("live/{i:03}"),
+                Bytes::from(vec![0x40 + (i % 20) as u8]),
+            )
+            .await
+            .unwrap();
+    }
+    wait_for(&mut b.events, changed("live/099")).await;
+    assert_eq!(b.handle.list(SHARE, "live/").await.unwrap().len(), 100);
+
+    // B stops; A writes; B restarts from its files and catches up.
+    b.stop().await;
+    a.handle.delete(SHARE, "notes/a").await.unwrap();
+    a.handle
+        .put(SHARE, "while-away", Bytes::from_static(b"\x61x"))
+        .await
+        .unwrap();
+    let mut b = start(2, dir.path()).await;
+    assert_eq!(
+        b.handle.list(SHARE, "live/").await.unwrap().len(),
+        100,
+        "B's own store kept its copy"
+    );
+    let _ = connect(transport, &a.handle, &b.handle).await;
+    wait_for(&mut b.events, changed("while-away")).await;
+    assert_eq!(
+        value(&b.handle, "notes/a").await,
+        None,
+        "the delete reached B"
+    );
+    assert!(
+        b.handle
+            .get(SHARE, "notes/a")
+            .await
+            .unwrap()
+            .unwrap()
+            .winner()
+            .is_tombstone()
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Device 3, not a member, dials device 1, which accepts only members: device 1's accept fails
+/// with an error naming device 3, and device 3 learns it was refused (on connect or its first
+/// read) without receiving any data.
+pub async fn a_device_that_is_not_a_member_is_refused_in_the_handshake<T: Transport>(
+    transport: &T,
+) {
+    let members: Vec<DeviceId> = members().into_keys().collect();
+    let listener = transport.listen(&key(1), PeerPolicy::pinned(members)).await;
+    let addr = T::addr(&listener);
+    let accepting = transport.accept(&listener);
+    let dialing = async {
+        let (_, mut stream) = transport
+            .dial(&key(3), PeerPolicy::pinned([key(1).device_id()]), addr)
+            .await?;
+        let mut buf = [0u8; 1];
+        match stream.read(&mut buf).await? {
+            0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+            _ => Ok(buf),
+        }
+    };
+    let (accepted, dialed) =
+        tokio::time::timeout(PATIENCE, async { tokio::join!(accepting, dialing) })
+            .await
+            .expect("the refusal in time");
+    let err = accepted.err().expect("the stranger must be refused");
+    let text = err.to_string();
+    assert!(text.contains(&key(3).device_id().to_string()), "{text}");
+    assert!(text.contains("refused"), "{text}");
+    let dial_err = dialed.expect_err("the stranger learns it was refused and gets no data");
+    assert!(
+        dial_err.kind() != io::ErrorKind::UnexpectedEof,
+        "the stranger should see a refusal, not a plain close: {dial_err}"
+    );
+}
+
+/// Number of writes in the bulk batch of [`a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting`].
+const BULK_WRITES: usize = 300;
+/// Size of each bulk value: with [`BULK_WRITES`], several MiB, so the cut lands mid-transfer.
+const BULK_VALUE_LEN: usize = 16 * 1024;
+
+/// A writes a large batch while connected to B; A's end of the connection is cut while the
+/// batch is flowing. B reports the peer down; both keep writing; after reconnecting, both
+/// replicas hold exactly the same entries.
+pub async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting<
+    T: Transport,
+>(
+    transport: &T,
+) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let a = start(1, dir.path()).await;
+    let mut b = start(2, dir.path()).await;
+    let cut = connect(transport, &a.handle, &b.handle).await;
+    wait_for(&mut b.events, |e| matches!(e, Event::PeerUp { .. })).await;
+    // A's events are not examined: drain them so that A never waits on its event channel.
+    let Device {
+        handle: a_handle,
+        events: mut a_events,
+        task: a_task,
+    } = a;
+    let a_drain = tokio::spawn(async move { while a_events.recv().await.is_some() {} });
+
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..BULK_WRITES {
+        let a = a_handle.clone();
+        writes.spawn(async move {
+            let value = Bytes::from(vec![0x40 + (i % 20) as u8; BULK_VALUE_LEN]);
+            a.put(SHARE, &format!("bulk/{i:04}"), value).await
+        });
+    }
+    // As soon as bulk data reaches B, cut the connection.
+    wait_for(&mut b.events, |e| {
+        matches!(e, Event::Db { event: db::Event::Changed { key }, .. } if key.starts_with("bulk/"))
+    })
+    .await;
+    cut();
+    let a_id = key(1).device_id();
+    wait_for(
+        &mut b.events,
+        |e| matches!(e, Event::PeerDown { peer, .. } if *peer == a_id),
+    )
+    .await;
+    let b_had = b.handle.list(SHARE, "bulk/").await.unwrap().len();
+    assert!(
+        b_had < BULK_WRITES,
+        "the cut should land mid-transfer (B already had all {b_had} writes)"
+    );
+
+    // Both sides go on writing while apart.
+    while let Some(done) = writes.join_next().await {
+        done.expect("write task").expect("A's write is durable");
+    }
+    b.handle
+        .put(SHARE, "from-b/apart", Bytes::from_static(b"\x61b"))
+        .await
+        .unwrap();
+    let Device {
+        handle: b_handle,
+        events: mut b_events,
+        task: b_task,
+    } = b;
+    let b_drain = tokio::spawn(async move { while b_events.recv().await.is_some() {} });
+
+    let _ = connect(transport, &a_handle, &b_handle).await;
+    let converged = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let on_a = records(&a_handle).await;
+            let on_b = records(&b_handle).await;
+            if on_a.len() == BULK_WRITES + 1 && on_a == on_b {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let (on_a, on_b) = (records(&a_handle).await, records(&b_handle).await);
+    assert!(
+        converged.is_ok(),
+        "replicas did not converge: A has {} entries, B has {}",
+        on_a.len(),
+        on_b.len()
+    );
+    for (handle, task, drain) in [(a_handle, a_task, a_drain), (b_handle, b_task, b_drain)] {
+        handle.shutdown().await;
+        task.await.expect("node task");
+        drain.await.expect("drain task");
+    }
+}
