@@ -74,7 +74,11 @@ fuzz_target!(|data: &[u8]| {
     let pieces = payloads(rest);
     let mut invitations = Invitations::new();
     let options = InvitationOptions {
-        uses: if mode & 2 == 0 { Uses::Single } else { Uses::Unlimited },
+        uses: if mode & 2 == 0 {
+            Uses::Single
+        } else {
+            Uses::Unlimited
+        },
         ..InvitationOptions::default()
     };
     let Ok(code) = invitations.create(NOW, [7; 16], [9; 32], options) else {
@@ -110,7 +114,10 @@ fuzz_target!(|data: &[u8]| {
             let finished = inviter.is_finished();
             inviter.handle_payload(NOW + 1, &mut invitations, piece);
             if finished {
-                assert!(inviter.poll_output().is_none(), "a finished inviter stays silent");
+                assert!(
+                    inviter.poll_output().is_none(),
+                    "a finished inviter stays silent"
+                );
             }
             drain_inviter(&mut inviter, &mut ends);
         }

@@ -101,7 +101,10 @@ fn spake_key(
     peer_msg: &[u8],
 ) -> (Vec<u8>, Vec<u8>) {
     let pw = Password::new(code.secret());
-    let (a, b) = (Identity::new(SPAKE_ID_INVITER), Identity::new(SPAKE_ID_JOINER));
+    let (a, b) = (
+        Identity::new(SPAKE_ID_INVITER),
+        Identity::new(SPAKE_ID_JOINER),
+    );
     let rng = ChaCha20Rng::from_seed(seed);
     let (state, msg) = if inviter {
         Spake2::<Ed25519Group>::start_a_with_rng(&pw, &a, &b, rng)
@@ -320,7 +323,10 @@ fn pairing_vectors() {
     let stored: Value = serde_json::from_str(&text).expect("json");
     let exchanges = stored["exchanges"].as_array().expect("exchanges");
     assert_eq!(exchanges.len(), 4);
-    for (want, got) in exchanges.iter().zip(computed["exchanges"].as_array().unwrap()) {
+    for (want, got) in exchanges
+        .iter()
+        .zip(computed["exchanges"].as_array().unwrap())
+    {
         assert_eq!(want, got, "exchange {}", want["name"]);
     }
     assert_eq!(stored["messages"], computed["messages"]);
