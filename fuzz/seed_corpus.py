@@ -65,6 +65,24 @@ def main():
     for c in cases("db_messages.json"):
         write("db_message", c["name"], unhex(c["hex"]))
         count += 1
+    # The pair_message target: mode byte 0 then one payload (decode), or mode byte 1 then
+    # payloads framed with a 2-byte big-endian length (state machines).
+    with open(os.path.join(VECTORS, "pairing.json"), encoding="utf-8") as f:
+        pairing = json.load(f)
+    for m in pairing["messages"]:
+        write("pair_message", m["name"], b"\x00" + unhex(m["hex"]))
+        count += 1
+    for ex in pairing["exchanges"]:
+        framed = {"joiner": b"", "inviter": b""}
+        for i, m in enumerate(ex["messages"]):
+            data = unhex(m["hex"])
+            write("pair_message", f"{ex['name']}-{i}", b"\x00" + data)
+            framed[m["from"]] += len(data).to_bytes(2, "big") + data
+            count += 1
+        # What each side sent, replayed into the target's machines.
+        for sender, data in framed.items():
+            write("pair_message", f"{ex['name']}-{sender}-sequence", b"\x01" + data)
+            count += 1
     print(f"wrote {count} seed inputs under {os.path.relpath(CORPUS, ROOT)}/")
 
 

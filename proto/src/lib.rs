@@ -13,6 +13,8 @@
 //! * [`session`]: one connection: handshake, negotiation, keep-alive, close.
 //! * [`identity`] and [`code`]: device IDs and access codes in their checked text forms
 //!   (`spec/identity.md`), built on the base32 and Luhn mod 32 helpers of [`text`].
+//! * [`pair`]: pairing a new device with an access code: SPAKE2 bound to the TLS session,
+//!   key confirmation, the membership grant and the inviter's code registry (`spec/pairing.md`).
 //!
 //! Pairing, replication and folder sync are built on these in later modules.
 //!
@@ -55,6 +57,7 @@ pub mod db;
 pub mod error;
 pub mod identity;
 pub mod node;
+pub mod pair;
 pub mod session;
 pub mod text;
 pub mod time;
