@@ -14,6 +14,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod node;
+pub mod pairing;
 pub mod tls;
 
 use std::time::Instant;
