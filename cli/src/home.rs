@@ -5,7 +5,7 @@
 //! HOME/device.json                  {"name": ...}
 //! HOME/shares/<share-id-hex>/share.json        folder path, members
 //! HOME/shares/<share-id-hex>/replica.redb      the replicated database (clearskies-store)
-//! HOME/shares/<share-id-hex>/invitations.json  access codes handed out and not yet used up
+//! HOME/invitations.cbor                       access codes handed out (proto's registry)
 //! ```
 
 use std::fs;
@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::{Access, Member, ShareId};
 use clearskies_proto::identity::DeviceId;
+use clearskies_proto::pair::Invitations;
 use serde::{Deserialize, Serialize};
 
 use crate::Failure;
@@ -44,15 +45,6 @@ pub struct ShareFile {
 pub struct MemberFile {
     pub public_key: String,
     pub access: String,
-}
-
-/// An access code this device handed out.
-#[derive(Serialize, Deserialize, Clone)]
-pub struct Invitation {
-    pub code: String,
-    pub access: String,
-    pub uses_left: u32,
-    pub expires_unix: u64,
 }
 
 fn access_name(a: Access) -> &'static str {
@@ -251,26 +243,71 @@ impl Home {
         Ok((share, true))
     }
 
-    pub fn invitations(&self, share: &ShareFile) -> Result<Vec<Invitation>, Failure> {
-        let path = self.share_dir(share).join("invitations.json");
-        match fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
+    /// The access codes this device handed out (all shares), as proto's registry.
+    pub fn load_invitations(&self) -> Result<Invitations, Failure> {
+        let path = self.root.join("invitations.cbor");
+        match fs::read(&path) {
+            Ok(bytes) => Invitations::decode(&bytes)
                 .map_err(|e| Failure::corrupt(&path.display().to_string(), &e.to_string())),
-            Err(_) => Ok(Vec::new()),
+            Err(_) => Ok(Invitations::new()),
         }
     }
 
-    pub fn save_invitations(&self, share: &ShareFile, list: &[Invitation]) -> Result<(), Failure> {
-        self.write_json(&self.share_dir(share).join("invitations.json"), &list)
+    /// Saves the registry atomically.
+    pub fn save_invitations(&self, invitations: &Invitations) -> Result<(), Failure> {
+        self.write_bytes(&self.root.join("invitations.cbor"), &invitations.encode())
     }
 
-    /// Writes JSON atomically: temp file, fsync, rename.
+    /// The device's name.
+    pub fn device_name(&self) -> String {
+        fs::read_to_string(self.root.join("device.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<DeviceFile>(&t).ok())
+            .map_or_else(|| "device".to_owned(), |d| d.name)
+    }
+
+    /// Records a share (a joined one).
+    pub fn save_share(&self, share: &ShareFile) -> Result<(), Failure> {
+        let dir = self.share_dir(share);
+        fs::create_dir_all(&dir).map_err(|e| Failure::io(&dir, e))?;
+        self.write_json(&dir.join("share.json"), share)
+    }
+
+    /// Adds a member to a share; returns the share's member list afterwards.
+    pub fn add_member(
+        &self,
+        share_id: &ShareId,
+        public_key: [u8; 32],
+        access: Access,
+    ) -> Result<Vec<Member>, Failure> {
+        let id = hex::encode(share_id);
+        let mut share = self
+            .shares()?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| Failure::usage(&format!("no share {id} on this device")))?;
+        let key = hex::encode(public_key);
+        share.members.retain(|m| m.public_key != key);
+        share.members.push(MemberFile {
+            public_key: key,
+            access: access_name(access).into(),
+        });
+        self.save_share(&share)?;
+        Ok(share.members()?.into_values().collect())
+    }
+
+    /// Writes JSON atomically.
     fn write_json<T: Serialize + ?Sized>(&self, path: &Path, value: &T) -> Result<(), Failure> {
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(value)
             .map_err(|e| Failure::corrupt(&path.display().to_string(), &e.to_string()))?;
+        self.write_bytes(path, &text)
+    }
+
+    /// Writes a file atomically: temp file, fsync, rename.
+    fn write_bytes(&self, path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+        let tmp = path.with_extension("tmp");
         let mut file = create_private(&tmp)?;
-        file.write_all(&text)
+        file.write_all(bytes)
             .and_then(|()| file.sync_all())
             .map_err(|e| Failure::io(&tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| Failure::io(path, e))

@@ -6,6 +6,7 @@
 //! over the network or folder sync (`join`, `run`, `sync`, `status`, `remove-member`, `ls`,
 //! `cat`, `pin`, `unpin`, `db watch`) say plainly that this build does not have them yet.
 
+mod daemon;
 mod home;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use clearskies_proto::db::{Output, Record, Replica};
 use clearskies_store::ReplicaStore;
 use serde_json::{Value, json};
 
-use crate::home::{Home, Invitation, ShareFile};
+use crate::home::{Home, ShareFile};
 
 /// Peer-to-peer sync of a person's folders and data between their devices.
 #[derive(Parser)]
@@ -233,10 +234,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             println!("{}", invite(&home, &share, read_only, uses, ttl)?);
         }
-        Command::Join { code, .. } => {
+        Command::Join {
+            code,
+            path,
+            peer,
+            shallow,
+            transport,
+        } => {
             // A typo is caught locally, before any network use.
-            AccessCode::parse(&code).map_err(|e| Failure::usage(&e.to_string()))?;
-            return Err(Failure::not_yet("join"));
+            let code = AccessCode::parse(&code).map_err(|e| Failure::usage(&e.to_string()))?;
+            if shallow {
+                return Err(Failure::not_yet("join --shallow"));
+            }
+            if transport.as_deref().is_some_and(|t| t != "tcp") {
+                return Err(Failure::not_yet("join --transport quic"));
+            }
+            daemon::join(home, &code, &path, peer.into_iter().next())?;
         }
         Command::Shares { json } => {
             let shares = home.shares()?;
@@ -268,15 +281,44 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::RemoveMember { .. } => return Err(Failure::not_yet("remove-member")),
-        Command::Run { .. } => return Err(Failure::not_yet("run")),
-        Command::Sync { .. } => return Err(Failure::not_yet("sync")),
+        Command::Run {
+            listen,
+            transport,
+            peer,
+        } => {
+            if transport.as_deref().is_some_and(|t| t != "tcp") {
+                return Err(Failure::not_yet("run --transport quic"));
+            }
+            daemon::run(home, listen, peer, None)?;
+        }
+        Command::Sync {
+            once,
+            peer,
+            transport,
+            timeout,
+        } => {
+            if !once {
+                return Err(Failure::usage(
+                    "use `clearskies run` to stay in sync, or `sync --once`",
+                ));
+            }
+            if transport.as_deref().is_some_and(|t| t != "tcp") {
+                return Err(Failure::not_yet("sync --transport quic"));
+            }
+            daemon::run(
+                home,
+                None,
+                peer,
+                Some(Duration::from_secs(timeout.unwrap_or(60))),
+            )?;
+        }
         Command::Status { .. } => return Err(Failure::not_yet("status")),
         Command::Db { share, op } => db(&home, share.as_deref(), op)?,
     }
     Ok(())
 }
 
-fn access_text(a: clearskies_proto::db::Access) -> &'static str {
+pub(crate) fn access_text(a: clearskies_proto::db::Access) -> &'static str {
     match a {
         clearskies_proto::db::Access::ReadWrite => "read-write",
         clearskies_proto::db::Access::ReadOnly => "read-only",
@@ -307,12 +349,6 @@ fn parse_duration(text: &str) -> Result<Duration, Failure> {
     Ok(Duration::from_secs(secs))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn invite(
     home: &Home,
     share: &ShareFile,
@@ -320,21 +356,34 @@ fn invite(
     uses: u32,
     ttl: Duration,
 ) -> Result<String, Failure> {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| Failure::usage(&format!("no random source: {e}")))?;
-    let code = AccessCode::from_random(bytes).to_string();
-    let mut list = home.invitations(share)?;
-    let now = unix_now();
-    list.retain(|i| i.expires_unix > now && i.uses_left > 0);
-    list.push(Invitation {
-        code: code.clone(),
-        access: if read_only { "read-only" } else { "read-write" }.into(),
-        uses_left: uses,
-        expires_unix: now + ttl.as_secs(),
-    });
-    home.save_invitations(share, &list)?;
-    Ok(code)
+    use clearskies_proto::db::Access;
+    use clearskies_proto::pair::{InvitationOptions, PairMisuse, Uses};
+    let mut invitations = home.load_invitations()?;
+    let options = InvitationOptions {
+        access: if read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        },
+        uses: if uses == 1 {
+            Uses::Single
+        } else {
+            Uses::Limited(uses)
+        },
+        lifetime_micros: u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX),
+    };
+    let code = loop {
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes)
+            .map_err(|e| Failure::usage(&format!("no random source: {e}")))?;
+        match invitations.create(wall_micros(), bytes, share.share_id()?, options) {
+            Ok(code) => break code,
+            Err(PairMisuse::DuplicateCode) => continue,
+            Err(e) => return Err(Failure::usage(&format!("cannot make a code: {e:?}"))),
+        }
+    };
+    home.save_invitations(&invitations)?;
+    Ok(code.to_string())
 }
 
 /// The share's replica, opened from its store, with every batch applied synchronously.

@@ -153,10 +153,10 @@ fn a_mistyped_access_code_is_caught_before_any_network_use() {
         &["join", &typo, dir.path().join("g").to_str().unwrap()],
     );
     assert!(err.contains("typo"), "{err}");
-    // A well-formed code gets past the check (and then meets the missing pairing layer).
+    // A well-formed code gets past the check (and then needs the inviter's address).
     let (_, err) = fails(
         &home,
         &["join", &code, dir.path().join("g").to_str().unwrap()],
     );
-    assert!(err.contains("not available in this build"), "{err}");
+    assert!(err.contains("--peer") && !err.contains("typo"), "{err}");
 }

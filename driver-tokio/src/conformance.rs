@@ -203,6 +203,17 @@ pub async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up<T: Transpo
     let _ = connect(transport, &a.handle, &b.handle).await;
     wait_for(&mut a.events, changed("notes/b")).await;
     wait_for(&mut b.events, changed("notes/a")).await;
+    // Both report agreement once the exchange settles.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(a.handle.synced_with(key(2).device_id()).await.unwrap()
+        && b.handle.synced_with(key(1).device_id()).await.unwrap())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes never reported being in sync"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(value(&b.handle, "notes/a").await, Some(b"\x61a".to_vec()));
     assert_eq!(value(&a.handle, "notes/b").await, Some(b"\x61b".to_vec()));
 

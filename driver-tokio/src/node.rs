@@ -75,6 +75,14 @@ enum Input {
         value: Option<Bytes>,
         reply: oneshot::Sender<Result<Dot, NodeError>>,
     },
+    Synced {
+        peer: DeviceId,
+        reply: oneshot::Sender<bool>,
+    },
+    AddMember {
+        share: ShareId,
+        member: Member,
+    },
     Get {
         share: ShareId,
         key: String,
@@ -164,6 +172,19 @@ impl NodeHandle {
             reply,
         })
         .await?
+    }
+
+    /// Whether this device and `peer` agree on every share they have in common.
+    pub async fn synced_with(&self, peer: DeviceId) -> Result<bool, NodeError> {
+        self.ask(|reply| Input::Synced { peer, reply }).await
+    }
+
+    /// Adds a member to a share (a device that just paired).
+    pub async fn add_member(&self, share: ShareId, member: Member) -> Result<(), NodeError> {
+        self.inputs
+            .send(Input::AddMember { share, member })
+            .await
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// A key's current versions (every sibling while in conflict), tombstones included.
@@ -360,6 +381,13 @@ impl Owner {
                         let _ = reply.send(Err(NodeError::Refused(e)));
                     }
                 }
+            }
+            Input::Synced { peer, reply } => {
+                let _ = reply.send(self.node.is_synced_with(&peer));
+            }
+            Input::AddMember { share, member } => {
+                let device = DeviceId::from_public_key(&member.public_key);
+                self.node.add_member(&share, device, member);
             }
             Input::Get { share, key, reply } => {
                 let entry = self

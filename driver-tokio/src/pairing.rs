@@ -255,11 +255,32 @@ pub async fn admit(
         .unwrap_or_default();
     let server = clearskies_net::server_config(key, PeerPolicy::Pairing);
     let (peer, stream) = tls::accept(tcp, server).await.map_err(PairingFailure::Io)?;
+    admit_stream(
+        stream,
+        peer.public_key,
+        address.as_bytes(),
+        key,
+        invitations,
+        members,
+    )
+    .await
+}
+
+/// The inviter on a TLS connection already accepted in pairing mode, from a device with
+/// public key `peer_key` at `address` (an opaque key for the per-address limit).
+pub async fn admit_stream(
+    stream: TlsStream,
+    peer_key: [u8; 32],
+    address: &[u8],
+    key: &DeviceKey,
+    invitations: Arc<Mutex<Invitations>>,
+    members: impl FnMut(&Admitted) -> Vec<Member>,
+) -> Result<Admitted, PairingFailure> {
     let inviter = Inviter::new(
         binding(&stream).map_err(PairingFailure::Io)?,
         key.public_key(),
-        peer.public_key,
-        address.as_bytes(),
+        peer_key,
+        address,
         seed(),
     );
     exchange(

@@ -147,6 +147,17 @@ impl Node {
         self.conns.get(&conn).map(|c| &c.session)
     }
 
+    /// Whether every share `peer` is a member of is in sync with it (see
+    /// [`Replica::is_synced_with`]). False while no session with it is established.
+    pub fn is_synced_with(&self, peer: &DeviceId) -> bool {
+        self.current.contains_key(peer)
+            && self
+                .shares
+                .values()
+                .filter(|r| r.is_member(peer))
+                .all(|r| r.is_synced_with(peer))
+    }
+
     /// The connection in use with `peer`, if established.
     pub fn connection_to(&self, peer: &DeviceId) -> Option<ConnId> {
         self.current.get(peer).copied()
@@ -176,6 +187,14 @@ impl Node {
         }
         self.shares.insert(share, replica);
         self.collect(share);
+    }
+
+    /// Adds or changes a member of `share` (a device that just paired). Connected peers that
+    /// became members start syncing it when they next connect.
+    pub fn add_member(&mut self, share: &ShareId, device: DeviceId, member: Member) {
+        if let Some(r) = self.shares.get_mut(share) {
+            r.set_member(device, member);
+        }
     }
 
     /// Writes a document (CBOR) to a share. See [`Replica::put`].

@@ -286,3 +286,36 @@ fn a_far_future_timestamp_from_a_peer_cannot_overflow_the_clock() {
     assert!(d2.counter > d1.counter);
     assert_eq!(b.replica.meta().hlc, u64::MAX);
 }
+
+#[test]
+fn replicas_report_being_in_sync_once_the_exchange_settles() {
+    let mut a = Node::new(1, 2);
+    let mut b = Node::new(2, 2);
+    a.put("x", "1");
+    b.put("y", "2");
+    let (ida, idb) = (a.id(), b.id());
+    a.replica.peer_connected(idb);
+    b.replica.peer_connected(ida);
+    assert!(!a.replica.is_synced_with(&idb));
+    loop {
+        let mut moved = false;
+        while let Some(m) = a.replica.poll_message(&idb) {
+            b.replica.handle_message(ida, m);
+            b.settle();
+            moved = true;
+        }
+        while let Some(m) = b.replica.poll_message(&ida) {
+            a.replica.handle_message(idb, m);
+            a.settle();
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(a.replica.is_synced_with(&idb), "{:#?}", a.replica);
+    assert!(b.replica.is_synced_with(&ida));
+    // A new local write: not in sync until it has been streamed.
+    a.put("z", "3");
+    assert!(!a.replica.is_synced_with(&idb));
+}

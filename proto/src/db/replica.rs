@@ -224,6 +224,9 @@ struct Peer {
     /// The highest sequence number the peer knows we covered (sent, or skipped as its own),
     /// `None` until the first CaughtUp after its request.
     announced: Option<u64>,
+    /// Whether a CaughtUp was sent since the peer's request (one always follows the
+    /// catch-up, even when the last `Records` already reached the end of the feed).
+    caught_up_sent: bool,
     /// Whether records that came from this peer may be left out of the stream. Not on a full
     /// sync (`after == 0`): the peer may be a reset replica that lost them.
     skip_own: bool,
@@ -366,6 +369,17 @@ impl Replica {
         self.entries.is_empty()
     }
 
+    /// Whether this replica and `peer` agree as far as it can tell: the peer said it sent
+    /// everything it had (its CaughtUp arrived), and this replica has sent the peer everything
+    /// durable (its own CaughtUp covers the whole feed).
+    pub fn is_synced_with(&self, peer: &DeviceId) -> bool {
+        self.peers.get(peer).is_some_and(|p| {
+            p.caught_up_reported
+                && p.streaming.is_some()
+                && p.announced.is_some_and(|a| a >= self.durable_seq)
+        })
+    }
+
     /// A peer's cursor.
     pub fn cursor(&self, peer: &DeviceId) -> Cursor {
         self.cursors.get(peer).copied().unwrap_or_default()
@@ -489,6 +503,7 @@ impl Replica {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.streaming = Some(after);
                     p.announced = None;
+                    p.caught_up_sent = false;
                     p.skip_own = after > 0;
                 }
             }
@@ -589,8 +604,9 @@ impl Replica {
         }
         // Nothing left to send: say how far the feed is covered, once after the request and
         // then whenever records the peer sent us moved it on (so its cursor skips them).
-        if last >= self.durable_seq && p.announced.is_none_or(|a| a < last) {
+        if last >= self.durable_seq && (!p.caught_up_sent || p.announced.is_none_or(|a| a < last)) {
             p.announced = Some(last);
+            p.caught_up_sent = true;
             return Some(DbMessage::CaughtUp(CaughtUp {
                 share: self.tag,
                 index: self.meta.index,

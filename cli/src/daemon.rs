@@ -1,0 +1,361 @@
+//! The network side of the tool: `run` (the daemon), `sync --once` (a check-in) and `join`
+//! (pairing), on the tokio driver.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use clearskies_net::PeerPolicy;
+use clearskies_proto::code::AccessCode;
+use clearskies_proto::crypto::DeviceKey;
+use clearskies_proto::db::Member;
+use clearskies_proto::identity::DeviceId;
+use clearskies_proto::node::{Event, Node};
+use clearskies_proto::pair::Invitations;
+use clearskies_proto::session::SessionConfig;
+use clearskies_store::ReplicaStore;
+use clearskies_tokio::MonotonicClock;
+use clearskies_tokio::node::{NodeHandle, spawn_node};
+use clearskies_tokio::{pairing, tls};
+use tokio::net::TcpListener;
+
+use crate::Failure;
+use crate::home::{Home, MemberFile, ShareFile};
+
+/// Resolves `HOST:PORT`.
+pub fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Failure::usage(&format!("{addr:?} is not a HOST:PORT address")))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::usage(&format!("cannot start the runtime: {e}")))
+}
+
+fn store_failure(e: impl std::fmt::Display) -> Failure {
+    Failure::usage(&format!(
+        "{e} (is a `clearskies run` daemon using this home? stop it first: this build has no control socket yet)"
+    ))
+}
+
+/// Everything a running device shares between its tasks.
+struct Device {
+    home: Home,
+    key: DeviceKey,
+    node: NodeHandle,
+    /// Devices allowed to connect as members (all shares, this device excluded).
+    members: Arc<RwLock<BTreeSet<DeviceId>>>,
+    /// Peers with an established session.
+    connected: Arc<Mutex<BTreeSet<DeviceId>>>,
+    invitations: Arc<Mutex<Invitations>>,
+}
+
+impl Device {
+    fn policy(&self) -> PeerPolicy {
+        let members = self.members.clone();
+        PeerPolicy::members(move |d: &DeviceId| {
+            if members.read().map(|m| m.contains(d)).unwrap_or(false) {
+                Ok(())
+            } else {
+                Err("it is not a member of any share this device holds".to_owned())
+            }
+        })
+    }
+}
+
+async fn start(home: Home) -> Result<(Arc<Device>, tokio::sync::mpsc::Receiver<Event>), Failure> {
+    let key = home.key()?;
+    let shares = home.shares()?;
+    let clock = MonotonicClock::new();
+    let node = Node::new(
+        key.clone(),
+        SessionConfig {
+            device_name: home.device_name(),
+            ..SessionConfig::default()
+        },
+        clock.now(),
+    );
+    let (handle, events, _task) = spawn_node(node, clock);
+    let mut members = BTreeSet::new();
+    for share in &shares {
+        let store = ReplicaStore::open(&home.share_dir(share).join("replica.redb"))
+            .map_err(store_failure)?;
+        let share_members = share.members()?;
+        members.extend(share_members.keys().copied());
+        handle
+            .open_share(share.share_id()?, share_members, store)
+            .await
+            .map_err(|e| Failure::usage(&e.to_string()))?;
+    }
+    members.remove(&key.device_id());
+    let invitations = home.load_invitations()?;
+    let device = Device {
+        home,
+        key,
+        node: handle,
+        members: Arc::new(RwLock::new(members)),
+        connected: Arc::new(Mutex::new(BTreeSet::new())),
+        invitations: Arc::new(Mutex::new(invitations)),
+    };
+    Ok((Arc::new(device), events))
+}
+
+/// Serves one incoming connection: a member's session, or a pairing attempt.
+async fn serve(device: Arc<Device>, tcp: tokio::net::TcpStream) {
+    let address = tcp
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    // Any key may complete the handshake; members get a session, others may only pair.
+    let config = clearskies_net::server_config(&device.key, PeerPolicy::Pairing);
+    let Ok((peer, stream)) = tls::accept(tcp, config).await else {
+        return;
+    };
+    let is_member = device
+        .members
+        .read()
+        .map(|m| m.contains(&peer.device_id))
+        .unwrap_or(false);
+    if is_member {
+        let _ = device.node.add_connection(peer.device_id, stream).await;
+        return;
+    }
+    let d = device.clone();
+    let admitted = Arc::new(Mutex::new(None));
+    let slot = admitted.clone();
+    let result = pairing::admit_stream(
+        stream,
+        peer.public_key,
+        address.as_bytes(),
+        &device.key,
+        device.invitations.clone(),
+        move |a| {
+            let members = d
+                .home
+                .add_member(&a.share_id, a.public_key, a.access)
+                .unwrap_or_default();
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(a.clone());
+            members
+        },
+    )
+    .await;
+    // The registry changed either way (a use, or a failure counted): keep it.
+    let snapshot = device
+        .invitations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let _ = device.home.save_invitations(&snapshot);
+    if let Ok(a) = result {
+        let member = Member {
+            public_key: a.public_key,
+            access: a.access,
+        };
+        let _ = device.node.add_member(a.share_id, member).await;
+        if let Ok(mut m) = device.members.write() {
+            m.insert(DeviceId::from_public_key(&a.public_key));
+        }
+        eprintln!(
+            "paired {} into share {}",
+            DeviceId::from_public_key(&a.public_key),
+            hex::encode(a.share_id)
+        );
+    }
+}
+
+/// Keeps a connection to `addr` up: dials, and redials with backoff when it drops.
+async fn dial(device: Arc<Device>, addr: SocketAddr) {
+    let mut backoff = Duration::from_millis(200);
+    let mut known: Option<DeviceId> = None;
+    loop {
+        let up = known.is_some_and(|d| {
+            device
+                .connected
+                .lock()
+                .map(|c| c.contains(&d))
+                .unwrap_or(false)
+        });
+        if !up {
+            match tls::connect(addr, &device.key, device.policy()).await {
+                Ok((peer, stream)) => {
+                    known = Some(peer.device_id);
+                    if device
+                        .node
+                        .add_connection(peer.device_id, stream)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    eprintln!("cannot reach {addr}: {e}");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        tokio::time::sleep(backoff.max(Duration::from_millis(500))).await;
+    }
+}
+
+/// `run` (no deadline) and `sync --once` (returns when every reachable peer agrees).
+pub fn run(
+    home: Home,
+    listen: Option<String>,
+    peers: Vec<String>,
+    once: Option<Duration>,
+) -> Result<(), Failure> {
+    let listen = listen.map(|a| resolve(&a)).transpose()?;
+    let peers: Vec<SocketAddr> = peers.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
+    if once.is_some() && peers.is_empty() {
+        return Err(Failure::usage(
+            "sync --once needs at least one --peer HOST:PORT (discovery is not in this build yet)",
+        ));
+    }
+    runtime()?.block_on(async move {
+        let (device, mut events) = start(home).await?;
+        if let Some(addr) = listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::usage(&format!("cannot listen on {addr}: {e}")))?;
+            eprintln!(
+                "listening on {}",
+                listener
+                    .local_addr()
+                    .map_err(|e| Failure::usage(&e.to_string()))?
+            );
+            let d = device.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    tokio::spawn(serve(d.clone(), tcp));
+                }
+            });
+        }
+        for addr in &peers {
+            tokio::spawn(dial(device.clone(), *addr));
+        }
+        let connected = device.connected.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::PeerUp { peer, name } => {
+                        eprintln!("connected to {name} ({peer})");
+                        connected
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(peer);
+                    }
+                    Event::PeerDown { peer, .. } => {
+                        connected
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&peer);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let result = match once {
+            None => wait_for_signal().await,
+            Some(timeout) => check_in(&device, peers.len(), timeout).await,
+        };
+        device.node.shutdown().await;
+        // Let the node's task release the stores.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        result
+    })
+}
+
+async fn wait_for_signal() -> Result<(), Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::usage(&e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::usage(&e.to_string()))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("stopping");
+    Ok(())
+}
+
+/// Waits until every peer dialled is connected and in sync.
+async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<(), Failure> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let connected: Vec<DeviceId> = device
+            .connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        if connected.len() >= peers {
+            let mut all = true;
+            for peer in &connected {
+                all &= device.node.synced_with(*peer).await.unwrap_or(false);
+            }
+            if all {
+                // Let the last frames leave before the sessions close.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::not_found(&format!(
+                "not in sync after {} s ({} of {peers} peers connected)",
+                timeout.as_secs(),
+                connected.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `join CODE PATH --peer HOST:PORT`.
+pub fn join(
+    home: Home,
+    code: &AccessCode,
+    path: &Path,
+    peer: Option<String>,
+) -> Result<(), Failure> {
+    let key = home.key()?;
+    let addr = resolve(&peer.ok_or_else(|| {
+        Failure::usage("pass the inviting device's address with --peer HOST:PORT (discovery is not in this build yet)")
+    })?)?;
+    let joined = runtime()?
+        .block_on(pairing::join(addr, &key, code))
+        .map_err(|e| Failure {
+            message: format!("pairing failed: {e}"),
+            code: 1,
+        })?;
+    std::fs::create_dir_all(path).map_err(|e| Failure::io(path, e))?;
+    let share = ShareFile {
+        id: hex::encode(joined.share_id),
+        path: std::fs::canonicalize(path).map_err(|e| Failure::io(path, e))?,
+        members: joined
+            .members
+            .iter()
+            .map(|m| MemberFile {
+                public_key: hex::encode(m.public_key),
+                access: crate::access_text(m.access).to_owned(),
+            })
+            .collect(),
+    };
+    home.save_share(&share)?;
+    ReplicaStore::open(&home.share_dir(&share).join("replica.redb")).map_err(store_failure)?;
+    println!(
+        "joined share {} as {}",
+        share.id,
+        crate::access_text(joined.access)
+    );
+    Ok(())
+}

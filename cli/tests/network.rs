@@ -1,0 +1,191 @@
+//! Two devices as real processes on loopback: one shares and runs the daemon, the other joins
+//! with the access code, checks in with `sync --once`, and data flows both ways over TLS.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn cmd(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_clearskies"));
+    c.arg("--home").arg(home).env_remove("CLEARSKIES_HOME");
+    c
+}
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    cmd(home).args(args).output().expect("run clearskies")
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let out = run(home, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A daemon that is killed if the test fails before stopping it.
+struct Daemon(Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `run --listen` and waits until it listens.
+fn daemon(home: &Path, port: u16) -> Daemon {
+    let mut child = cmd(home)
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let line = lines.next().expect("daemon output").unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    // Keep draining so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Daemon(Some(child))
+}
+
+fn stop(mut daemon: Daemon) {
+    let mut child = daemon.0.take().expect("running");
+    let start = Instant::now();
+    // SIGTERM, then it must exit cleanly within a few seconds.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "daemon exited with {status}");
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "daemon did not stop within 5 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn join_with_the_code_then_check_in_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (fa, fb) = (dir.path().join("folder-a"), dir.path().join("folder-b"));
+    std::fs::create_dir(&fa).unwrap();
+    ok(&a, &["init", "--name", "laptop"]);
+    ok(&b, &["init", "--name", "phone"]);
+    let code = ok(&a, &["share", fa.to_str().unwrap()])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    ok(
+        &a,
+        &["db", "put", "notes/1", r#"{"title":"from the laptop"}"#],
+    );
+    let port = free_port();
+    let peer = format!("127.0.0.1:{port}");
+    let laptop = daemon(&a, port);
+
+    // A wrong secret half is refused by the inviter and said so.
+    let mut wrong = clearskies_proto::code::AccessCode::parse(&code)
+        .unwrap()
+        .to_bytes();
+    wrong[15] ^= 1;
+    let wrong = clearskies_proto::code::AccessCode::from_bytes(wrong).to_string();
+    let out = run(&b, &["join", &wrong, fb.to_str().unwrap(), "--peer", &peer]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pairing failed"), "{err}");
+
+    // The right code pairs.
+    let joined = ok(&b, &["join", &code, fb.to_str().unwrap(), "--peer", &peer]);
+    assert!(joined.starts_with("joined share"), "{joined}");
+    // A single-use code cannot be used twice.
+    let c = dir.path().join("c");
+    ok(&c, &["init"]);
+    let out = run(
+        &c,
+        &[
+            "join",
+            &code,
+            dir.path().join("folder-c").to_str().unwrap(),
+            "--peer",
+            &peer,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("used"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The phone checks in: it gets the laptop's document.
+    ok(&b, &["sync", "--once", "--peer", &peer, "--timeout", "30"]);
+    let got = ok(&b, &["db", "get", "notes/1"]);
+    assert!(got.contains("from the laptop"), "{got}");
+    // The phone writes and checks in again: the laptop gets it.
+    ok(
+        &b,
+        &["db", "put", "notes/2", r#"{"title":"from the phone"}"#],
+    );
+    ok(&b, &["sync", "--once", "--peer", &peer, "--timeout", "30"]);
+    stop(laptop);
+    let got = ok(&a, &["db", "get", "notes/2"]);
+    assert!(got.contains("from the phone"), "{got}");
+    // Both list the phone as a member.
+    let members = ok(&a, &["members", fa.to_str().unwrap()]);
+    assert!(members.contains(ok(&b, &["id"]).trim()), "{members}");
+    // Equal replicated state prints equal documents.
+    assert_eq!(
+        ok(&a, &["db", "get", "notes/2", "--json"]),
+        ok(&b, &["db", "get", "notes/2", "--json"])
+    );
+}
+
+#[test]
+fn sync_once_fails_with_a_timeout_when_no_peer_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let f = dir.path().join("f");
+    std::fs::create_dir(&f).unwrap();
+    ok(&a, &["init"]);
+    ok(&a, &["share", f.to_str().unwrap()]);
+    let port = free_port();
+    let out = run(
+        &a,
+        &[
+            "sync",
+            "--once",
+            "--peer",
+            &format!("127.0.0.1:{port}"),
+            "--timeout",
+            "2",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not in sync"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
