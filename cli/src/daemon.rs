@@ -14,7 +14,8 @@ use clearskies_proto::db::Member;
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::node::{Event, Node};
 use clearskies_proto::pair::Invitations;
-use clearskies_proto::session::SessionConfig;
+use clearskies_proto::session::{CloseReason, SessionConfig};
+use clearskies_proto::wire::CloseCode;
 use clearskies_store::ReplicaStore;
 use clearskies_tokio::MonotonicClock;
 use clearskies_tokio::node::{NodeHandle, spawn_node};
@@ -55,6 +56,8 @@ struct Device {
     members: Arc<RwLock<BTreeSet<DeviceId>>>,
     /// Peers with an established session.
     connected: Arc<Mutex<BTreeSet<DeviceId>>>,
+    /// The last reason a peer gave for refusing this device, for `sync --once` to report.
+    refusal: Arc<Mutex<Option<String>>>,
     invitations: Arc<Mutex<Invitations>>,
 }
 
@@ -103,6 +106,7 @@ async fn start(home: Home) -> Result<(Arc<Device>, tokio::sync::mpsc::Receiver<E
         node: handle,
         members: Arc::new(RwLock::new(members)),
         connected: Arc::new(Mutex::new(BTreeSet::new())),
+        refusal: Arc::new(Mutex::new(None)),
         invitations: Arc::new(Mutex::new(invitations)),
     };
     Ok((Arc::new(device), events))
@@ -244,6 +248,7 @@ pub fn run(
             tokio::spawn(dial(device.clone(), *addr));
         }
         let connected = device.connected.clone();
+        let refusal = device.refusal.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
@@ -254,11 +259,17 @@ pub fn run(
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(peer);
                     }
-                    Event::PeerDown { peer, .. } => {
+                    Event::PeerDown { peer, reason } => {
                         connected
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&peer);
+                        if let CloseReason::Peer { code, reason } = reason
+                            && code >= CloseCode::APPLICATION_MIN
+                        {
+                            eprintln!("{peer} refused this device: {reason}");
+                            *refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                        }
                     }
                     _ => {}
                 }
@@ -308,6 +319,16 @@ async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<()
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 return Ok(());
             }
+        }
+        let refused = device
+            .refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(reason) = refused {
+            return Err(Failure::not_found(&format!(
+                "a peer refused this device: {reason}"
+            )));
         }
         if Instant::now() >= deadline {
             return Err(Failure::not_found(&format!(

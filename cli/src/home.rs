@@ -273,6 +273,24 @@ impl Home {
         self.write_json(&dir.join("share.json"), share)
     }
 
+    /// Removes a member from a share; an error if it is not one.
+    pub fn remove_member(&self, share: &ShareFile, device: &DeviceId) -> Result<(), Failure> {
+        let mut share = share.clone();
+        let before = share.members.len();
+        share.members.retain(|m| {
+            hex::decode(&m.public_key)
+                .ok()
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .is_none_or(|k| DeviceId::from_public_key(&k) != *device)
+        });
+        if share.members.len() == before {
+            return Err(Failure::not_found(&format!(
+                "{device} is not a member of this share"
+            )));
+        }
+        self.save_share(&share)
+    }
+
     /// Adds a member to a share; returns the share's member list afterwards.
     pub fn add_member(
         &self,

@@ -280,7 +280,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Command::RemoveMember { .. } => return Err(Failure::not_yet("remove-member")),
+        Command::RemoveMember { path, device_id } => {
+            let device = clearskies_proto::identity::DeviceId::parse(&device_id)
+                .map_err(|e| Failure::usage(&e.to_string()))?;
+            if device == home.key()?.device_id() {
+                return Err(Failure::usage(
+                    "a device cannot remove itself; remove it from another member",
+                ));
+            }
+            let share = home.find_share(Some(&path))?;
+            home.remove_member(&share, &device)?;
+            println!("removed {device} from {}", share.path.display());
+            eprintln!("a running daemon refuses it once restarted (no control socket yet)");
+        }
         Command::Run {
             listen,
             transport,

@@ -160,6 +160,20 @@ fn join_with_the_code_then_check_in_both_ways() {
         ok(&a, &["db", "get", "notes/2", "--json"]),
         ok(&b, &["db", "get", "notes/2", "--json"])
     );
+
+    // The laptop removes the phone; from then on the phone is refused, and told why.
+    let phone_id = ok(&b, &["id"]);
+    ok(
+        &a,
+        &["remove-member", fa.to_str().unwrap(), phone_id.trim()],
+    );
+    assert!(!ok(&a, &["members", fa.to_str().unwrap()]).contains(phone_id.trim()));
+    let laptop = daemon(&a, port);
+    let out = run(&b, &["sync", "--once", "--peer", &peer, "--timeout", "20"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a member"), "{err}");
+    stop(laptop);
 }
 
 #[test]

@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 use crate::tls::{self, TlsStream};
 use crate::{MonotonicClock, SessionHandle, run_session};
 
+/// The close code a listener sends a device that is not a member and did not come to pair.
+pub const NOT_A_MEMBER: CloseCode = CloseCode(0x1001);
+
 /// Why pairing did not complete.
 #[derive(Debug)]
 pub enum PairingFailure {
@@ -123,6 +126,13 @@ async fn exchange<S: Side>(
     let mut pending = Vec::new();
     while let Some(event) = events.recv().await {
         match event {
+            Event::Established(n) if !n.extensions.iter().any(|e| e == PAIR_EXTENSION) => {
+                // A device that came to sync, not to pair: it is not (or no longer) a member.
+                let _ = handle.close(NOT_A_MEMBER, "this device is not a member of any share here: pair with an access code first").await;
+                result = Some(Err(PairingFailure::Ended(
+                    "the peer came to sync but is not a member".into(),
+                )));
+            }
             Event::Established(_) => pending.extend(side.start()),
             Event::Message(Message::Extension(m)) if m.name == PAIR_EXTENSION => {
                 pending.extend(side.receive(&m.payload))
