@@ -118,17 +118,18 @@ async fn serve(device: Arc<Device>, tcp: tokio::net::TcpStream) {
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    // Any key may complete the handshake; members get a session, others may only pair.
-    let config = clearskies_net::server_config(&device.key, PeerPolicy::Pairing);
-    let Ok((peer, stream)) = tls::accept(tcp, config).await else {
-        return;
+    // The ClientHello says what the peer came for: members are judged (and strangers refused)
+    // during the handshake; a pairing attempt may present any key, the PAKE decides.
+    let members = clearskies_net::server_config(&device.key, device.policy());
+    let pairing = clearskies_net::server_config(&device.key, PeerPolicy::Pairing);
+    let (purpose, peer, stream) = match tls::accept_either(tcp, members, pairing).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            eprintln!("refused a connection from {address}: {e}");
+            return;
+        }
     };
-    let is_member = device
-        .members
-        .read()
-        .map(|m| m.contains(&peer.device_id))
-        .unwrap_or(false);
-    if is_member {
+    if purpose == tls::Purpose::Member {
         let _ = device.node.add_connection(peer.device_id, stream).await;
         return;
     }
@@ -199,7 +200,19 @@ async fn dial(device: Arc<Device>, addr: SocketAddr) {
                     {
                         return;
                     }
-                    backoff = Duration::from_millis(200);
+                    // In TLS 1.3 a listener that refuses this device does so after the dialer's
+                    // side of the handshake: the session then never starts. Say so.
+                    if !session_starts(&device, peer.device_id).await {
+                        let why = format!(
+                            "{} at {addr} refused this device during setup (is it still a member of a share there?)",
+                            peer.device_id
+                        );
+                        eprintln!("{why}");
+                        *device.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    } else {
+                        backoff = Duration::from_millis(200);
+                    }
                 }
                 Err(e) => {
                     eprintln!("cannot reach {addr}: {e}");
@@ -209,6 +222,23 @@ async fn dial(device: Arc<Device>, addr: SocketAddr) {
         }
         tokio::time::sleep(backoff.max(Duration::from_millis(500))).await;
     }
+}
+
+/// Whether a session with `peer` is established within a few seconds.
+async fn session_starts(device: &Device, peer: DeviceId) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if device
+            .connected
+            .lock()
+            .map(|c| c.contains(&peer))
+            .unwrap_or(false)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// `run` (no deadline) and `sync --once` (returns when every reachable peer agrees).

@@ -43,3 +43,43 @@ pub async fn accept(
     let peer = established_peer(tls.get_ref().1)?;
     Ok((peer, tokio_rustls::TlsStream::Server(tls)))
 }
+
+/// What a connection accepted by [`accept_either`] came for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A member's session: the peer was judged by the members policy during the handshake.
+    Member,
+    /// A pairing attempt: any key was accepted; the PAKE decides.
+    Pairing,
+}
+
+/// Accepts TLS on one port for both purposes: reads the ClientHello's ALPN first, then runs
+/// the handshake with the members configuration (strangers refused during the handshake) or
+/// the pairing one.
+pub async fn accept_either(
+    tcp: TcpStream,
+    members: Arc<clearskies_net::rustls::ServerConfig>,
+    pairing: Arc<clearskies_net::rustls::ServerConfig>,
+) -> io::Result<(Purpose, PeerKey, TlsStream)> {
+    tcp.set_nodelay(true)?;
+    let start = tokio_rustls::LazyConfigAcceptor::new(
+        clearskies_net::rustls::server::Acceptor::default(),
+        tcp,
+    )
+    .await?;
+    let wants_pairing = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == clearskies_net::PAIRING_ALPN));
+    let (purpose, config) = if wants_pairing {
+        (Purpose::Pairing, pairing)
+    } else {
+        (Purpose::Member, members)
+    };
+    let tls = start
+        .into_stream(config)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), describe_handshake_error(&e)))?;
+    let peer = established_peer(tls.get_ref().1)?;
+    Ok((purpose, peer, tokio_rustls::TlsStream::Server(tls)))
+}

@@ -67,8 +67,21 @@ pub use rustls;
 
 use verifier::RawKeyVerifier;
 
-/// The ALPN protocol name (RFC 7301) of ClearSkies over TLS, version 1.
+/// The ALPN protocol name (RFC 7301) of ClearSkies over TLS, version 1: member sessions.
 pub const ALPN: &[u8] = b"clearskies/1";
+
+/// The ALPN protocol name of a connection that comes to pair. A listener reads it from the
+/// ClientHello and picks its configuration before the handshake, so member connections are
+/// judged (and strangers refused) during the handshake while pairings accept any key.
+pub const PAIRING_ALPN: &[u8] = b"clearskies-pair/1";
+
+/// The ALPN a configuration with `policy` offers.
+fn alpn_for(policy: &PeerPolicy) -> Vec<u8> {
+    match policy {
+        PeerPolicy::Pairing => PAIRING_ALPN.to_vec(),
+        PeerPolicy::Members(_) => ALPN.to_vec(),
+    }
+}
 
 /// The server name a client dials: identities are keys, so the name is a fixed placeholder in
 /// the reserved `.invalid` domain (RFC 6761). It is not sent (no SNI) and not checked.
@@ -100,11 +113,11 @@ pub fn server_config(key: &DeviceKey, policy: PeerPolicy) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the ring provider supports TLS 1.3")
-        .with_client_cert_verifier(RawKeyVerifier::new(policy))
+        .with_client_cert_verifier(RawKeyVerifier::new(policy.clone()))
         .with_cert_resolver(Arc::new(
             rustls::server::AlwaysResolvesServerRawPublicKeys::new(keys::certified_key(key)),
         ));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn_for(&policy)];
     // No resumption: every connection runs the full handshake, so every connection checks the
     // peer's key against the policy as it is now.
     config.session_storage = Arc::new(NoServerSessionStorage {});
@@ -121,11 +134,11 @@ pub fn client_config(key: &DeviceKey, policy: PeerPolicy) -> Arc<ClientConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the ring provider supports TLS 1.3")
         .dangerous() // a custom verifier: pinned keys instead of a CA
-        .with_custom_certificate_verifier(RawKeyVerifier::new(policy))
+        .with_custom_certificate_verifier(RawKeyVerifier::new(policy.clone()))
         .with_client_cert_resolver(Arc::new(
             rustls::client::AlwaysResolvesClientRawPublicKeys::new(keys::certified_key(key)),
         ));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn_for(&policy)];
     config.enable_sni = false;
     config.resumption = Resumption::disabled();
     config.enable_early_data = false;
@@ -209,7 +222,7 @@ pub fn established_peer(conn: &CommonState) -> Result<PeerKey, NotEstablished> {
         return Err(NotEstablished::Resumed);
     }
     match conn.alpn_protocol() {
-        Some(protocol) if protocol == ALPN => {}
+        Some(protocol) if protocol == ALPN || protocol == PAIRING_ALPN => {}
         other => return Err(NotEstablished::WrongProtocol(other.map(<[u8]>::to_vec))),
     }
     peer_device(conn).ok_or(NotEstablished::NoPeerKey)
@@ -281,8 +294,17 @@ mod tests {
         let client = client_config(&key, PeerPolicy::Pairing);
         assert!(server.cert_resolver.only_raw_public_keys());
         assert!(client.client_auth_cert_resolver.only_raw_public_keys());
-        assert_eq!(server.alpn_protocols, vec![ALPN.to_vec()]);
-        assert_eq!(client.alpn_protocols, vec![ALPN.to_vec()]);
+        assert_eq!(server.alpn_protocols, vec![PAIRING_ALPN.to_vec()]);
+        assert_eq!(client.alpn_protocols, vec![PAIRING_ALPN.to_vec()]);
+        let members = PeerPolicy::pinned([key.device_id()]);
+        assert_eq!(
+            server_config(&key, members.clone()).alpn_protocols,
+            vec![ALPN.to_vec()]
+        );
+        assert_eq!(
+            client_config(&key, members).alpn_protocols,
+            vec![ALPN.to_vec()]
+        );
         assert!(!client.enable_sni);
         assert_eq!(server.send_tls13_tickets, 0);
     }

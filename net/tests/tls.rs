@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use clearskies_net::rustls::{self, ClientConfig, ServerConfig};
 use clearskies_net::{
-    ALPN, HandshakeFailure, KeyRefused, NotEstablished, PeerKey, PeerPolicy, channel_binding,
-    client_config, describe_handshake_error, established_peer, server_config, server_name,
+    ALPN, HandshakeFailure, KeyRefused, NotEstablished, PAIRING_ALPN, PeerKey, PeerPolicy,
+    channel_binding, client_config, describe_handshake_error, established_peer, server_config,
+    server_name,
 };
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::identity::DeviceId;
@@ -567,6 +568,8 @@ fn a_server_presenting_someone_elses_key_is_refused() {
         // pairing client, which accepts any key, checks that the server holds the key it shows.
         for policy in [PeerPolicy::pinned([alice.device_id()]), PeerPolicy::Pairing] {
             let mut impostor = (*server_config(&mallory, PeerPolicy::Pairing)).clone();
+            // Speak whichever protocol the client asks for: the key proof is what is tested.
+            impostor.alpn_protocols = vec![ALPN.to_vec(), PAIRING_ALPN.to_vec()];
             impostor.cert_resolver = Arc::new(
                 rustls::server::AlwaysResolvesServerRawPublicKeys::new(forged(&alice, &mallory)),
             );
