@@ -86,14 +86,19 @@ pub const SEND_WINDOW: u64 = STREAM_RECEIVE_WINDOW as u64;
 
 /// QUIC idle timeout (the smaller of both ends' applies).
 ///
-/// QUIC keep-alive is off: the session layer pings every keep-alive interval (30 s by default)
-/// and closes a session that hears nothing for three intervals (90 s by default), so QUIC-level
-/// pings would only duplicate its packets. Its pings are ack-eliciting, so they also keep the
-/// QUIC connection alive. The QUIC idle timeout is then a backstop for a connection the session
-/// layer no longer drives, and must be longer than the session's own idle timeout so that it
-/// never ends a session the session layer still considers alive: five minutes leaves room for
-/// negotiated keep-alive intervals up to 100 s.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// QUIC keep-alive is off: the session layer pings every negotiated keep-alive interval and
+/// closes a session that hears nothing for `IDLE_TIMEOUT_FACTOR` intervals, so QUIC-level pings
+/// would only duplicate its packets (and wake a phone's radio). Its pings are ack-eliciting, so
+/// they also keep the QUIC connection alive. The QUIC idle timeout is then only a backstop for a
+/// connection the session layer no longer drives, and must be longer than the session's own
+/// idle timeout for the longest interval a device may negotiate (a phone may ask for
+/// `MAX_KEEPALIVE`, 24 h), so that it never ends a session the session layer still considers
+/// alive: three maximum intervals plus a minute.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(
+    clearskies_proto::wire::MAX_KEEPALIVE.as_secs()
+        * clearskies_proto::wire::IDLE_TIMEOUT_FACTOR as u64
+        + 60,
+);
 
 /// How long [`accept`] waits, after the handshake, for the dialer to open its stream. The dialer
 /// writes the session preface at once, so a peer that stays silent this long is not a
@@ -120,7 +125,7 @@ pub fn transport_config() -> quinn::TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .keep_alive_interval(None)
-        // Invariant: five minutes in milliseconds fits a QUIC varint (< 2^62).
+        // Invariant: 73 hours in milliseconds fits a QUIC varint (< 2^62).
         .max_idle_timeout(Some(
             IDLE_TIMEOUT
                 .try_into()

@@ -4,7 +4,7 @@
 //! and does nothing: it consumes bytes, timer expiries and commands, and produces bytes to send,
 //! deadlines and events. It never touches a socket, a file, a thread or the clock, so the same
 //! code runs under tokio, async-std, smol, a phone's event loop, a fuzzer and the deterministic
-//! simulator in [`sim`] (feature `sim`).
+//! simulator in the `sim` module (feature `sim`).
 //!
 //! ## Layers
 //!
