@@ -85,12 +85,7 @@ async fn the_right_code_pairs_and_both_sides_learn_each_other() {
     assert_eq!(admitted.public_key, key(2).public_key());
     assert_eq!(admitted.access, Access::ReadOnly);
     // Single use: the code is now used up.
-    let server = inviter(server.invitations).await;
-    let err = pairing::join(server.addr, &key(3), &code)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("used"), "{err}");
-    assert!(server.task.await.unwrap().is_err());
+    assert_refused(server.invitations, 3, &code, "used").await;
 }
 
 #[tokio::test]
@@ -123,12 +118,7 @@ async fn expired_and_cancelled_codes_fail_with_their_own_reason() {
         ..InvitationOptions::default()
     });
     std::thread::sleep(std::time::Duration::from_millis(2));
-    let server = inviter(invitations).await;
-    let err = pairing::join(server.addr, &key(2), &code)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("expired"), "{err}");
-    let _ = server.task.await;
+    assert_refused(invitations, 2, &code, "expired").await;
 
     let (invitations, code) = registry_with(InvitationOptions::default());
     assert!(
@@ -137,21 +127,35 @@ async fn expired_and_cancelled_codes_fail_with_their_own_reason() {
             .unwrap()
             .cancel(&code.locator_id(), unix_micros())
     );
-    let server = inviter(invitations).await;
-    let err = pairing::join(server.addr, &key(2), &code)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("cancelled"), "{err}");
-    let _ = server.task.await;
+    assert_refused(invitations, 2, &code, "cancelled").await;
 
     let (invitations, _) = registry_with(InvitationOptions::default());
+    assert_refused(
+        invitations,
+        2,
+        &AccessCode::from_bytes([0x77; 16]),
+        "unknown-code",
+    )
+    .await;
+}
+
+/// Device `joiner` tries `code` against an inviter holding `invitations`: both sides must fail,
+/// the joiner with `expected`.
+async fn assert_refused(
+    invitations: Arc<Mutex<Invitations>>,
+    joiner: u8,
+    code: &AccessCode,
+    expected: &str,
+) {
     let server = inviter(invitations).await;
-    let unknown = AccessCode::from_bytes([0x77; 16]);
-    let err = pairing::join(server.addr, &key(2), &unknown)
+    let err = pairing::join(server.addr, &key(joiner), code)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some("unknown-code"), "{err}");
-    let _ = server.task.await;
+    assert_eq!(err.code(), Some(expected), "{err}");
+    assert!(
+        server.task.await.unwrap().is_err(),
+        "the inviter admitted nobody"
+    );
 }
 
 #[tokio::test]

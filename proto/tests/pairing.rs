@@ -92,6 +92,20 @@ impl Outcome {
             _ => None,
         })
     }
+    /// Both sides ended the attempt with the error `code`.
+    #[track_caller]
+    fn assert_both_failed(&self, code: &str) {
+        assert_eq!(
+            self.joiner_error().map(PairError::code),
+            Some(code),
+            "joiner"
+        );
+        assert_eq!(
+            self.inviter_error().map(PairError::code),
+            Some(code),
+            "inviter"
+        );
+    }
     fn persists(&self) -> usize {
         self.inviter
             .iter()
@@ -220,14 +234,7 @@ fn ended_codes_fail_with_distinct_codes() {
     let (mut invitations, _) = registry(InvitationOptions::default());
     let stranger = AccessCode::from_bytes([0xee; 16]);
     let outcome = attempt(&stranger, &mut invitations, T0, b"a", 1);
-    assert_eq!(
-        outcome.joiner_error().map(PairError::code),
-        Some("unknown-code")
-    );
-    assert_eq!(
-        outcome.inviter_error().map(PairError::code),
-        Some("unknown-code")
-    );
+    outcome.assert_both_failed("unknown-code");
 
     // Expired: the default lifetime is 24 hours.
     let (mut invitations, code) = registry(InvitationOptions::default());
@@ -238,11 +245,7 @@ fn ended_codes_fail_with_distinct_codes() {
         b"b",
         2,
     );
-    assert_eq!(outcome.joiner_error().map(PairError::code), Some("expired"));
-    assert_eq!(
-        outcome.inviter_error().map(PairError::code),
-        Some("expired")
-    );
+    outcome.assert_both_failed("expired");
     let outcome = attempt(
         &code,
         &mut invitations,
@@ -260,14 +263,7 @@ fn ended_codes_fail_with_distinct_codes() {
     assert!(invitations.cancel(&code.locator_id(), T0 + 5));
     assert!(!invitations.cancel(&code.locator_id(), T0 + 6));
     let outcome = attempt(&code, &mut invitations, T0 + 10, b"c", 3);
-    assert_eq!(
-        outcome.joiner_error().map(PairError::code),
-        Some("cancelled")
-    );
-    assert_eq!(
-        outcome.inviter_error().map(PairError::code),
-        Some("cancelled")
-    );
+    outcome.assert_both_failed("cancelled");
 
     // Used.
     let (mut invitations, code) = registry(InvitationOptions::default());
@@ -277,8 +273,7 @@ fn ended_codes_fail_with_distinct_codes() {
             .is_some()
     );
     let outcome = attempt(&code, &mut invitations, T0 + 2, b"d", 5);
-    assert_eq!(outcome.joiner_error().map(PairError::code), Some("used"));
-    assert_eq!(outcome.inviter_error().map(PairError::code), Some("used"));
+    outcome.assert_both_failed("used");
 
     // The joiner's messages say what to do.
     assert!(PairError::Used.to_string().contains("new code"));
@@ -465,14 +460,7 @@ fn an_address_with_too_many_failures_is_refused_for_a_while() {
     }
     // Even the right code is refused from that address now, before any SPAKE2 work...
     let outcome = attempt(&code, &mut invitations, T0 + 10, b"evil", 50);
-    assert_eq!(
-        outcome.joiner_error().map(PairError::code),
-        Some("rate-limited")
-    );
-    assert_eq!(
-        outcome.inviter_error().map(PairError::code),
-        Some("rate-limited")
-    );
+    outcome.assert_both_failed("rate-limited");
     assert!(invitations.address_limited(b"evil", T0 + 10));
     // ...but not from another one, and not after the window.
     assert!(
