@@ -55,6 +55,7 @@ pub mod code;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod files;
 pub mod identity;
 pub mod node;
 pub mod pair;

@@ -1,0 +1,1 @@
+//! Content-defined chunking (`spec/files.md` § Chunking). Filled in by the files work.
