@@ -24,8 +24,12 @@ use bytes::Bytes;
 use crate::crypto::DeviceKey;
 use crate::db::{
     self, DB_EXTENSION, DbMessage, Dot, Member, PersistOp, Replica, ReplicaState, ShareId,
+    VersionVector,
 };
 use crate::error::{Error, Misuse};
+use crate::files::fetch::{FetchEvent, Fetcher};
+use crate::files::msg::{self as files_msg, FilesMessage, MAX_OUTSTANDING_REQUESTS};
+use crate::files::{FILES_EXTENSION, Hash};
 use crate::identity::DeviceId;
 use crate::session::{
     CloseReason, Event as SessionEvent, Priority, Session, SessionConfig, SessionState,
@@ -64,6 +68,22 @@ pub enum Event {
         /// What.
         event: db::Event,
     },
+    /// A wanted chunk arrived and matches its hash.
+    Chunk {
+        /// The share.
+        share: ShareId,
+        /// The chunk's hash.
+        hash: Hash,
+        /// Its bytes.
+        data: Bytes,
+    },
+    /// No connected peer has a wanted chunk; it is asked for again later.
+    ChunkStalled {
+        /// The share.
+        share: ShareId,
+        /// The chunk's hash.
+        hash: Hash,
+    },
 }
 
 /// What the node asks of its driver.
@@ -84,6 +104,23 @@ pub enum Output {
         /// The connection.
         conn: ConnId,
     },
+    /// Read bytes `offset .. offset + len` of chunk `hash` of `share` from local content,
+    /// check the whole chunk still matches its hash, and answer with
+    /// [`Node::chunk_read`] (`None` if the chunk is not, or no longer, here).
+    ReadChunk {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The request id to answer.
+        id: u32,
+        /// The share.
+        share: ShareId,
+        /// The chunk.
+        hash: Hash,
+        /// Where in the chunk.
+        offset: u32,
+        /// How many bytes.
+        len: u32,
+    },
     /// Tell the application.
     Event(Event),
 }
@@ -92,6 +129,8 @@ pub enum Output {
 struct Conn {
     peer: DeviceId,
     session: Session,
+    /// Chunk requests of the peer not yet answered.
+    serving: usize,
 }
 
 /// A device's protocol state. See the [module docs](self).
@@ -104,6 +143,7 @@ pub struct Node {
     /// The connection in use per peer.
     current: BTreeMap<DeviceId, ConnId>,
     shares: BTreeMap<ShareId, Replica>,
+    fetcher: Fetcher,
     outputs: VecDeque<Output>,
 }
 
@@ -111,8 +151,10 @@ impl Node {
     /// A node for the device `key`, announcing `session_config` (the database extension is
     /// added to it).
     pub fn new(key: DeviceKey, mut session_config: SessionConfig, now: Timestamp) -> Node {
-        if !session_config.extensions.iter().any(|e| e == DB_EXTENSION) {
-            session_config.extensions.push(DB_EXTENSION.to_owned());
+        for ext in [DB_EXTENSION, FILES_EXTENSION] {
+            if !session_config.extensions.iter().any(|e| e == ext) {
+                session_config.extensions.push(ext.to_owned());
+            }
         }
         Node {
             key,
@@ -121,6 +163,7 @@ impl Node {
             conns: BTreeMap::new(),
             current: BTreeMap::new(),
             shares: BTreeMap::new(),
+            fetcher: Fetcher::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -223,6 +266,58 @@ impl Node {
         Ok(dot)
     }
 
+    /// Writes `value` (a tombstone for `None`) superseding exactly `context`. See
+    /// [`Replica::write_after`].
+    pub fn write_after(
+        &mut self,
+        share: &ShareId,
+        wall_micros: u64,
+        key: &str,
+        value: Option<Bytes>,
+        context: &VersionVector,
+    ) -> Result<Dot, Error> {
+        let replica = self.shares.get_mut(share).ok_or(Misuse::BadConfig {
+            detail: "no such share".into(),
+        })?;
+        let dot = replica.write_after(wall_micros, key, value, context)?;
+        self.collect(*share);
+        Ok(dot)
+    }
+
+    /// Fetches chunk `hash` (`len` bytes) of `share` from whichever connected members have
+    /// it; it arrives as [`Event::Chunk`]. See [`Fetcher`].
+    pub fn want_chunk(&mut self, share: ShareId, hash: Hash, len: u32) {
+        self.fetcher.want(share, hash, len);
+    }
+
+    /// No longer wants a chunk.
+    pub fn cancel_chunk(&mut self, share: &ShareId, hash: &Hash) {
+        self.fetcher.cancel(share, hash);
+    }
+
+    /// Chunks wanted and not yet arrived.
+    pub fn chunks_wanted(&self) -> usize {
+        self.fetcher.wanted()
+    }
+
+    /// The answer to [`Output::ReadChunk`]: the bytes, or `None` if the chunk is not here.
+    pub fn chunk_read(&mut self, conn: ConnId, id: u32, data: Option<Vec<u8>>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.serving = c.serving.saturating_sub(1);
+        let msg = match data {
+            Some(data) => FilesMessage::Data(files_msg::Data { id, data }),
+            None => FilesMessage::Missing(files_msg::Missing { id }),
+        };
+        let message = Message::Extension(ExtensionMessage {
+            name: FILES_EXTENSION.to_owned(),
+            payload: msg.encode(),
+        });
+        // A closed session drops the answer; the asker re-asks elsewhere.
+        let _ = c.session.send(message, Priority::Bulk);
+    }
+
     // ---- inputs -------------------------------------------------------------------------
 
     /// A transport to `peer` is open; the driver authenticated the peer's device key (TLS
@@ -232,7 +327,14 @@ impl Node {
         // The configuration was validated when the node was built from it.
         match Session::new(self.session_config.clone(), now) {
             Ok(session) => {
-                self.conns.insert(conn, Conn { peer, session });
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        peer,
+                        session,
+                        serving: 0,
+                    },
+                );
             }
             Err(_) => self.outputs.push_back(Output::Close { conn }),
         }
@@ -259,6 +361,7 @@ impl Node {
     /// The deadline from [`poll_timeout`](Node::poll_timeout) has passed.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         let now = self.clock.observe(now);
+        self.fetcher.handle_timeout(now);
         let due: Vec<ConnId> = self
             .conns
             .iter()
@@ -305,6 +408,7 @@ impl Node {
         self.conns
             .values()
             .filter_map(|c| c.session.poll_timeout())
+            .chain(self.fetcher.poll_timeout())
             .min()
     }
 
@@ -334,6 +438,31 @@ impl Node {
             return;
         }
         let peer = c.peer;
+        if c.session
+            .negotiated()
+            .is_some_and(|n| n.extensions.iter().any(|e| e == FILES_EXTENSION))
+        {
+            let shares = &self.shares;
+            while let Some(req) = self
+                .fetcher
+                .poll_request(&peer, |s| shares.get(s).is_some_and(|r| r.is_member(&peer)))
+            {
+                let msg = FilesMessage::Get(files_msg::Get {
+                    share: db::replica::share_tag(&req.share),
+                    id: req.id,
+                    hash: req.hash,
+                    offset: req.offset,
+                    len: req.len,
+                });
+                let message = Message::Extension(ExtensionMessage {
+                    name: FILES_EXTENSION.to_owned(),
+                    payload: msg.encode(),
+                });
+                if c.session.send(message, Priority::Control).is_err() {
+                    return;
+                }
+            }
+        }
         for replica in self.shares.values_mut() {
             while c.session.send_queue_len() < SESSION_HIGH_WATER {
                 let Some(msg) = replica.poll_message(&peer) else {
@@ -394,6 +523,7 @@ impl Node {
                         replica.peer_connected(peer);
                     }
                 }
+                self.fetcher.peer_up(peer);
                 self.outputs.push_back(Output::Event(Event::PeerUp {
                     peer,
                     name: n.peer_name,
@@ -427,16 +557,95 @@ impl Node {
                     }
                 }
             }
+            SessionEvent::Message(Message::Extension(m)) if m.name == FILES_EXTENSION && in_use => {
+                if let Err(detail) = self.on_files_message(now, conn, peer, &m.payload)
+                    && let Some(c) = self.conns.get_mut(&conn)
+                {
+                    c.session.close(
+                        now,
+                        CloseCode::PROTOCOL_ERROR,
+                        &format!("chunk transfer: {detail}"),
+                    );
+                }
+            }
             SessionEvent::Closed(reason) if in_use => {
                 self.current.remove(&peer);
                 for replica in self.shares.values_mut() {
                     replica.peer_disconnected(&peer);
                 }
+                self.fetcher.peer_down(&peer);
+                self.collect_fetches();
                 self.outputs
                     .push_back(Output::Event(Event::PeerDown { peer, reason }));
             }
             // Messages of a replaced session, other extensions, closes of replaced sessions.
             _ => {}
+        }
+    }
+
+    /// Handles a chunk-transfer message; `Err` closes the connection.
+    fn on_files_message(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        peer: DeviceId,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        match FilesMessage::decode(payload).map_err(|e| e.to_string())? {
+            Some(FilesMessage::Get(get)) => {
+                let share = self
+                    .shares
+                    .iter()
+                    .find(|(id, r)| db::replica::share_tag(id) == get.share && r.is_member(&peer))
+                    .map(|(id, _)| *id);
+                let c = self.conns.get_mut(&conn).ok_or("no connection")?;
+                if c.serving >= MAX_OUTSTANDING_REQUESTS {
+                    return Err(format!(
+                        "more than {MAX_OUTSTANDING_REQUESTS} chunk requests outstanding"
+                    ));
+                }
+                c.serving += 1;
+                match share {
+                    Some(share) => self.outputs.push_back(Output::ReadChunk {
+                        conn,
+                        id: get.id,
+                        share,
+                        hash: get.hash,
+                        offset: get.offset,
+                        len: get.len,
+                    }),
+                    // Not a share we hold with this peer: we have nothing for it.
+                    None => self.chunk_read(conn, get.id, None),
+                }
+            }
+            Some(FilesMessage::Data(data)) => {
+                self.fetcher
+                    .on_data(&peer, data.id, data.data)
+                    .map_err(|e| e.detail)?;
+                self.collect_fetches();
+            }
+            Some(FilesMessage::Missing(m)) => {
+                let current = &self.current;
+                let shares = &self.shares;
+                self.fetcher.on_missing(now, &peer, m.id, |share, tried| {
+                    current.keys().any(|p| {
+                        !tried.contains(p) && shares.get(share).is_some_and(|r| r.is_member(p))
+                    })
+                });
+                self.collect_fetches();
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Moves fetch events to the node's outputs.
+    fn collect_fetches(&mut self) {
+        while let Some(e) = self.fetcher.poll_event() {
+            self.outputs.push_back(Output::Event(match e {
+                FetchEvent::Chunk { share, hash, data } => Event::Chunk { share, hash, data },
+                FetchEvent::Stalled { share, hash } => Event::ChunkStalled { share, hash },
+            }));
         }
     }
 }

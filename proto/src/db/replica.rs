@@ -407,15 +407,41 @@ impl Replica {
                 detail: format!("document larger than {MAX_VALUE_LEN} bytes"),
             });
         }
-        self.write(wall_micros, key, Some(value))
+        self.write(wall_micros, key, Some(value), None)
     }
 
     /// Deletes `key` (writes a tombstone superseding every version this replica has).
     pub fn delete(&mut self, wall_micros: u64, key: &str) -> Result<Dot, Misuse> {
-        self.write(wall_micros, key, None)
+        self.write(wall_micros, key, None, None)
     }
 
-    fn write(&mut self, wall_micros: u64, key: &str, value: Option<Bytes>) -> Result<Dot, Misuse> {
+    /// Writes `value` (or a tombstone for `None`) under `key`, superseding exactly the
+    /// versions `context` covers rather than everything this replica has. A writer whose
+    /// local state derives from an older version (a file edited on disk while a remote change
+    /// was on its way) passes that version: the write is then concurrent with the newer one,
+    /// and both are kept as siblings instead of the newer one being silently overwritten.
+    pub fn write_after(
+        &mut self,
+        wall_micros: u64,
+        key: &str,
+        value: Option<Bytes>,
+        context: &VersionVector,
+    ) -> Result<Dot, Misuse> {
+        if value.as_ref().is_some_and(|v| v.len() > MAX_VALUE_LEN) {
+            return Err(Misuse::BadConfig {
+                detail: format!("document larger than {MAX_VALUE_LEN} bytes"),
+            });
+        }
+        self.write(wall_micros, key, value, Some(context))
+    }
+
+    fn write(
+        &mut self,
+        wall_micros: u64,
+        key: &str,
+        value: Option<Bytes>,
+        context: Option<&VersionVector>,
+    ) -> Result<Dot, Misuse> {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(Misuse::BadConfig {
                 detail: format!("keys are 1 to {MAX_KEY_LEN} bytes"),
@@ -430,11 +456,14 @@ impl Replica {
                 });
             }
         }
-        let mut version = self
-            .entries
-            .get(key)
-            .map(Entry::version)
-            .unwrap_or_default();
+        let mut version = match context {
+            Some(c) => c.clone(),
+            None => self
+                .entries
+                .get(key)
+                .map(Entry::version)
+                .unwrap_or_default(),
+        };
         self.meta.write_counter += 1;
         let dot = Dot {
             writer: me,

@@ -12,10 +12,15 @@
 //! [`FILES_EXTENSION`] (`spec/files.md` is normative).
 
 pub mod chunker;
+pub mod fetch;
 pub mod meta;
+pub mod msg;
 pub mod path;
+pub mod plan;
 
-pub use meta::{ChunkRef, FileKind, FileMeta};
+pub use fetch::{FetchEvent, Fetcher};
+pub use meta::{ChunkRef, FileKind, FileMeta, Hash};
+pub use msg::FilesMessage;
 
 /// Database keys of folder entries start with this.
 pub const FILES_PREFIX: &str = "/";
