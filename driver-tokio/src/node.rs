@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use clearskies_proto::db::{self, Dot, Entry, Member, ShareId};
+use clearskies_proto::db::{self, Dot, Entry, Member, ShareId, VersionVector};
+use clearskies_proto::files::Hash;
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::node::{ConnId, Event, Node, Output};
 use clearskies_store::{ReplicaStore, StoreError};
@@ -73,8 +74,23 @@ enum Input {
         share: ShareId,
         key: String,
         value: Option<Bytes>,
+        /// `Some`: supersede exactly this version (see `Node::write_after`).
+        context: Option<VersionVector>,
         reply: oneshot::Sender<Result<Dot, NodeError>>,
     },
+    AttachFolder {
+        share: ShareId,
+        link: FolderLink,
+    },
+    WantChunks {
+        share: ShareId,
+        chunks: Vec<(Hash, u32)>,
+    },
+    CancelChunks {
+        share: ShareId,
+        chunks: Vec<Hash>,
+    },
+    ChunkRead(ConnId, u32, Option<Vec<u8>>),
     Synced {
         peer: DeviceId,
         reply: oneshot::Sender<bool>,
@@ -157,9 +173,60 @@ impl NodeHandle {
             share,
             key,
             value: Some(value),
+            context: None,
             reply,
         })
         .await?
+    }
+
+    /// Writes `value` (a tombstone for `None`) superseding exactly `context`; returns once
+    /// durable. See `Node::write_after`.
+    pub async fn write_after(
+        &self,
+        share: ShareId,
+        key: &str,
+        value: Option<Bytes>,
+        context: VersionVector,
+    ) -> Result<Dot, NodeError> {
+        let key = key.to_owned();
+        self.ask(|reply| Input::Put {
+            share,
+            key,
+            value,
+            context: Some(context),
+            reply,
+        })
+        .await?
+    }
+
+    /// Routes `share`'s chunk reads to `link.reads` and its database and chunk events to
+    /// `link.events` (see the `folder` module).
+    pub async fn attach_folder(&self, share: ShareId, link: FolderLink) -> Result<(), NodeError> {
+        self.inputs
+            .send(Input::AttachFolder { share, link })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Fetches chunks (hash, length) of `share` from peers; they arrive as `Event::Chunk` on
+    /// the attached folder's link.
+    pub async fn want_chunks(
+        &self,
+        share: ShareId,
+        chunks: Vec<(Hash, u32)>,
+    ) -> Result<(), NodeError> {
+        self.inputs
+            .send(Input::WantChunks { share, chunks })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// No longer wants these chunks.
+    pub async fn cancel_chunks(&self, share: ShareId, chunks: Vec<Hash>) -> Result<(), NodeError> {
+        self.inputs
+            .send(Input::CancelChunks { share, chunks })
+            .await
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// Deletes a key; returns once the deletion is durable.
@@ -169,6 +236,7 @@ impl NodeHandle {
             share,
             key,
             value: None,
+            context: None,
             reply,
         })
         .await?
@@ -214,6 +282,55 @@ impl NodeHandle {
     }
 }
 
+/// A chunk read a peer asked for: answer with [`ChunkReads::answer`].
+#[derive(Debug)]
+pub struct ChunkRead {
+    /// The connection that asked.
+    pub conn: ConnId,
+    /// The request.
+    pub id: u32,
+    /// The chunk.
+    pub hash: Hash,
+    /// Where in it.
+    pub offset: u32,
+    /// How many bytes.
+    pub len: u32,
+}
+
+/// Where a folder's work comes from: the node sends the share's chunk reads (to be served
+/// from disk on a blocking thread) and its database and chunk events here.
+#[derive(Debug)]
+pub struct FolderLink {
+    /// Chunk reads, consumed on the folder's blocking thread.
+    pub reads: std::sync::mpsc::Sender<ChunkRead>,
+    /// Database and chunk events of the share.
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// Answers chunk reads from a blocking thread.
+#[derive(Debug, Clone)]
+pub struct ChunkReads {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl ChunkReads {
+    /// Sends the answer to `read` (`None`: not here).
+    pub fn answer(&self, read: &ChunkRead, data: Option<Vec<u8>>) {
+        let _ = self
+            .inputs
+            .blocking_send(Input::ChunkRead(read.conn, read.id, data));
+    }
+}
+
+impl NodeHandle {
+    /// What a folder's blocking thread answers chunk reads with.
+    pub fn chunk_reads(&self) -> ChunkReads {
+        ChunkReads {
+            inputs: self.inputs.clone(),
+        }
+    }
+}
+
 /// Starts `node` on the current tokio runtime. Events (peers, database changes, conflicts)
 /// arrive on the returned receiver.
 pub fn spawn_node(
@@ -234,6 +351,7 @@ pub fn spawn_node(
         stores: BTreeMap::new(),
         store_threads: Vec::new(),
         pending_puts: BTreeMap::new(),
+        folders: BTreeMap::new(),
         next_conn: 1,
         events: events_tx,
     };
@@ -249,6 +367,7 @@ struct Owner {
     stores: BTreeMap<ShareId, std::sync::mpsc::Sender<(u64, Vec<db::PersistOp>)>>,
     store_threads: Vec<std::thread::JoinHandle<()>>,
     pending_puts: BTreeMap<Dot, oneshot::Sender<Result<Dot, NodeError>>>,
+    folders: BTreeMap<ShareId, FolderLink>,
     next_conn: ConnId,
     events: mpsc::Sender<Event>,
 }
@@ -367,11 +486,16 @@ impl Owner {
                 share,
                 key,
                 value,
+                context,
                 reply,
             } => {
-                let result = match value {
-                    Some(v) => self.node.put(&share, wall_micros(), &key, v),
-                    None => self.node.delete(&share, wall_micros(), &key),
+                let result = match (value, context) {
+                    (value, Some(c)) => {
+                        self.node
+                            .write_after(&share, wall_micros(), &key, value, &c)
+                    }
+                    (Some(v), None) => self.node.put(&share, wall_micros(), &key, v),
+                    (None, None) => self.node.delete(&share, wall_micros(), &key),
                 };
                 match result {
                     Ok(dot) => {
@@ -413,6 +537,20 @@ impl Owner {
                     .unwrap_or_default();
                 let _ = reply.send(list);
             }
+            Input::AttachFolder { share, link } => {
+                self.folders.insert(share, link);
+            }
+            Input::WantChunks { share, chunks } => {
+                for (hash, len) in chunks {
+                    self.node.want_chunk(share, hash, len);
+                }
+            }
+            Input::CancelChunks { share, chunks } => {
+                for hash in chunks {
+                    self.node.cancel_chunk(&share, &hash);
+                }
+            }
+            Input::ChunkRead(conn, id, data) => self.node.chunk_read(conn, id, data),
             Input::Shutdown => return false,
         }
         true
@@ -420,32 +558,7 @@ impl Owner {
 
     /// Drains outputs and pulls frames for every writer with room.
     async fn flush(&mut self) {
-        while let Some(out) = self.node.poll_output() {
-            match out {
-                Output::Persist { share, id, ops } => {
-                    if let Some(store) = self.stores.get(&share) {
-                        let _ = store.send((id, ops));
-                    }
-                }
-                Output::Close { conn } => {
-                    // Dropping the sender lets the writer finish the queued frames and shut
-                    // the socket down.
-                    self.writers.remove(&conn);
-                }
-                Output::Event(event) => {
-                    if let Event::Db {
-                        event: db::Event::WriteAcked { dot },
-                        ..
-                    } = &event
-                        && let Some(reply) = self.pending_puts.remove(dot)
-                    {
-                        let _ = reply.send(Ok(*dot));
-                    }
-                    // A slow event consumer slows the node rather than losing events.
-                    let _ = self.events.send(event).await;
-                }
-            }
-        }
+        self.drain_outputs().await;
         let now = self.clock.now();
         let conns: Vec<ConnId> = self.writers.keys().copied().collect();
         for conn in conns {
@@ -460,11 +573,70 @@ impl Owner {
             }
         }
         // poll_transmit may have finished sessions.
+        self.drain_outputs().await;
+    }
+
+    async fn drain_outputs(&mut self) {
         while let Some(out) = self.node.poll_output() {
-            if let Output::Close { conn } = out {
-                self.writers.remove(&conn);
-            } else if let Output::Event(event) = out {
-                let _ = self.events.send(event).await;
+            match out {
+                Output::Persist { share, id, ops } => {
+                    if let Some(store) = self.stores.get(&share) {
+                        let _ = store.send((id, ops));
+                    }
+                }
+                Output::Close { conn } => {
+                    // Dropping the sender lets the writer finish the queued frames and shut
+                    // the socket down.
+                    self.writers.remove(&conn);
+                }
+                Output::ReadChunk {
+                    conn,
+                    id,
+                    share,
+                    hash,
+                    offset,
+                    len,
+                } => {
+                    let read = ChunkRead {
+                        conn,
+                        id,
+                        hash,
+                        offset,
+                        len,
+                    };
+                    match self.folders.get(&share) {
+                        Some(link) => {
+                            if let Err(e) = link.reads.send(read) {
+                                self.node.chunk_read(e.0.conn, e.0.id, None);
+                            }
+                        }
+                        None => self.node.chunk_read(conn, id, None),
+                    }
+                }
+                Output::Event(event) => {
+                    if let Event::Db {
+                        event: db::Event::WriteAcked { dot },
+                        ..
+                    } = &event
+                        && let Some(reply) = self.pending_puts.remove(dot)
+                    {
+                        let _ = reply.send(Ok(*dot));
+                    }
+                    let share = match &event {
+                        Event::Db { share, .. }
+                        | Event::Chunk { share, .. }
+                        | Event::ChunkStalled { share, .. } => Some(*share),
+                        _ => None,
+                    };
+                    if let Some(link) = share.and_then(|s| self.folders.get(&s)) {
+                        let _ = link.events.send(event.clone());
+                        if matches!(event, Event::Chunk { .. } | Event::ChunkStalled { .. }) {
+                            continue;
+                        }
+                    }
+                    // A slow event consumer slows the node rather than losing events.
+                    let _ = self.events.send(event).await;
+                }
             }
         }
     }

@@ -23,6 +23,9 @@ use clearskies_proto::identity::DeviceId;
 use clearskies_proto::wire::codec;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+mod versions;
+pub use versions::Versions;
+
 /// Current records by local sequence number, as CBOR.
 const RECORDS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("records");
 /// Per-peer cursors: device ID → index ID ‖ seq (16 bytes, big-endian).

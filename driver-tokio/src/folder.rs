@@ -1,0 +1,724 @@
+//! A folder share on tokio: proto's files layer bound to a real folder through
+//! [`clearskies_store::Folder`].
+//!
+//! Each folder share has one blocking thread that owns the [`Folder`] (scans, chunk reads
+//! for peers, assembling and committing files) and one task, the syncer, that makes the
+//! decisions with [`clearskies_proto::files::plan`]: local changes found by a scan become
+//! records written after the version the disk held; records from peers become files on disk,
+//! their missing chunks fetched through the node; conflicts keep both versions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clearskies_proto::db::{self, ShareId, VersionVector};
+use clearskies_proto::files::plan::{Local, Plan, plan};
+use clearskies_proto::files::{self, FileKind, FileMeta, Hash, path as share_path};
+use clearskies_proto::identity::DeviceId;
+use clearskies_proto::node::Event;
+use clearskies_store::folder::{Folder, FolderError, LocalChange, Staging};
+use clearskies_store::Versions;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::node::{ChunkRead, ChunkReads, FolderLink, NodeHandle};
+
+/// Where a folder share lives and how often it is rescanned.
+#[derive(Debug, Clone)]
+pub struct FolderConfig {
+    /// The share.
+    pub share: ShareId,
+    /// The folder.
+    pub root: PathBuf,
+    /// The folder's index file (under the tool's home, never inside the folder).
+    pub index: PathBuf,
+    /// The local-versions file (under the tool's home).
+    pub versions: PathBuf,
+    /// The shortest interval between rescans; it grows with the cost of a scan.
+    pub rescan: Duration,
+}
+
+/// What a folder is doing, for `status` and `sync --once`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FolderStatus {
+    /// The first scan has finished (until then peers must not count this device as agreeing).
+    pub scanned: bool,
+    /// Paths whose disk state is not yet the database's.
+    pub pending_files: usize,
+    /// Bytes still to fetch.
+    pub pending_bytes: u64,
+    /// Chunks no connected peer could provide (retried).
+    pub stalled_chunks: usize,
+    /// The folder's error state, if any (a missing root, a full disk): nothing is deleted or
+    /// overwritten while it lasts.
+    pub error: Option<String>,
+}
+
+impl FolderStatus {
+    /// Whether the disk holds everything the database says it should.
+    pub fn is_complete(&self) -> bool {
+        self.scanned && self.pending_files == 0 && self.error.is_none()
+    }
+}
+
+/// The handle of a running folder.
+#[derive(Debug, Clone)]
+pub struct FolderHandle {
+    status: watch::Receiver<FolderStatus>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl FolderHandle {
+    /// The current status.
+    pub fn status(&self) -> FolderStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits for the next status change.
+    pub async fn changed(&mut self) -> bool {
+        self.status.changed().await.is_ok()
+    }
+
+    /// Rescans now (a file watcher's debounced event, or a user's request); returns once the
+    /// changes found are recorded.
+    pub async fn rescan(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Rescan(Some(reply))).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Stops the folder's task and thread.
+    pub fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+}
+
+enum Command {
+    Rescan(Option<oneshot::Sender<()>>),
+    Stop,
+}
+
+type Job = Box<dyn FnOnce(&mut State) + Send>;
+
+/// What the folder's blocking thread owns.
+struct State {
+    folder: Folder,
+    versions: Versions,
+    stagings: BTreeMap<String, Staging>,
+}
+
+/// The folder's blocking thread, as the syncer sees it.
+struct Disk {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Disk {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |state| {
+            let _ = reply.send(f(state));
+        });
+        self.jobs.send(job).ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Opens the folder and starts its thread and syncer. The first scan runs before this
+/// returns, so a peer never sees this device as agreeing before it has looked at its disk.
+pub async fn spawn_folder(
+    node: NodeHandle,
+    me: DeviceId,
+    config: FolderConfig,
+) -> Result<FolderHandle, String> {
+    let (folder_cfg, versions_path) = (config.clone(), config.versions.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let folder = Folder::open(&folder_cfg.root, &folder_cfg.index).map_err(|e| e.to_string())?;
+        let versions = Versions::open(&versions_path).map_err(|e| e.to_string())?;
+        Ok::<_, String>(State {
+            folder,
+            versions,
+            stagings: BTreeMap::new(),
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+    let (reads_tx, reads_rx) = std::sync::mpsc::channel::<ChunkRead>();
+    let answers = node.chunk_reads();
+    std::thread::Builder::new()
+        .name("clearskies-folder".into())
+        .spawn(move || disk_thread(opened, jobs_rx, reads_rx, answers))
+        .map_err(|e| e.to_string())?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    node.attach_folder(
+        config.share,
+        FolderLink {
+            reads: reads_tx,
+            events: events_tx,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (status_tx, status_rx) = watch::channel(FolderStatus::default());
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let mut syncer = Syncer {
+        node,
+        me,
+        share: config.share,
+        disk: Disk { jobs: jobs_tx },
+        status: status_tx,
+        waiting: BTreeMap::new(),
+        building: BTreeMap::new(),
+        dirty: BTreeSet::new(),
+        stalled: BTreeSet::new(),
+        pending_removals: BTreeMap::new(),
+        rescan_soon: false,
+        error: None,
+        scanned: false,
+    };
+    let scan_cost = syncer.scan().await;
+    syncer.reconcile_all().await;
+    tokio::spawn(syncer.run(events_rx, commands_rx, config.rescan, scan_cost));
+    Ok(FolderHandle {
+        status: status_rx,
+        commands: commands_tx,
+    })
+}
+
+/// Serves chunk reads first (a peer is waiting), then the syncer's jobs.
+fn disk_thread(
+    mut state: State,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    reads: std::sync::mpsc::Receiver<ChunkRead>,
+    answers: ChunkReads,
+) {
+    loop {
+        while let Ok(read) = reads.try_recv() {
+            let data = state
+                .folder
+                .read_chunk(&read.hash, read.offset, read.len)
+                .ok()
+                .flatten();
+            answers.answer(&read, data);
+        }
+        match jobs.recv_timeout(Duration::from_millis(5)) {
+            Ok(job) => job(&mut state),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// A file being assembled: what it will be, and which version it brings.
+struct Building {
+    target: FileMeta,
+    expected: Option<FileMeta>,
+    version: VersionVector,
+    missing: BTreeSet<Hash>,
+    bytes: u64,
+}
+
+struct Syncer {
+    node: NodeHandle,
+    me: DeviceId,
+    share: ShareId,
+    disk: Disk,
+    status: watch::Sender<FolderStatus>,
+    /// Chunk → paths waiting for it.
+    waiting: BTreeMap<Hash, BTreeSet<String>>,
+    building: BTreeMap<String, Building>,
+    /// Paths whose entry changed and must be planned again.
+    dirty: BTreeSet<String>,
+    stalled: BTreeSet<Hash>,
+    /// Removals planned by `step`, done children first.
+    pending_removals: BTreeMap<String, (Option<FileMeta>, VersionVector)>,
+    /// The disk changed under a planned write: scan before going on.
+    rescan_soon: bool,
+    error: Option<String>,
+    scanned: bool,
+}
+
+impl Syncer {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        rescan: Duration,
+        mut scan_cost: Duration,
+    ) {
+        loop {
+            // Rescans cost at most about 5% of the time.
+            let interval = rescan.max(scan_cost * 20);
+            let mut replies = Vec::new();
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { return };
+                    self.on_event(event).await;
+                    while let Ok(event) = events.try_recv() {
+                        self.on_event(event).await;
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Rescan(reply)) => {
+                        replies.extend(reply);
+                        scan_cost = self.scan().await;
+                    }
+                    Some(Command::Stop) | None => return,
+                },
+                () = tokio::time::sleep(interval) => {
+                    scan_cost = self.scan().await;
+                }
+            }
+            self.process_dirty().await;
+            if std::mem::take(&mut self.rescan_soon) {
+                scan_cost = self.scan().await;
+                self.process_dirty().await;
+            }
+            self.publish();
+            for r in replies {
+                let _ = r.send(());
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let status = FolderStatus {
+            scanned: self.scanned,
+            pending_files: self.building.len() + self.dirty.len(),
+            pending_bytes: self.building.values().map(|b| b.bytes).sum(),
+            stalled_chunks: self.stalled.len(),
+            error: self.error.clone(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Db {
+                event: db::Event::Changed { key },
+                ..
+            }
+            | Event::Db {
+                event: db::Event::Conflict { key, .. },
+                ..
+            } => {
+                if let Some(path) = files::path_of(&key) {
+                    self.dirty.insert(path.to_owned());
+                }
+            }
+            Event::Chunk { hash, data, .. } => self.on_chunk(hash, data).await,
+            Event::ChunkStalled { hash, .. } => {
+                self.stalled.insert(hash);
+            }
+            _ => {}
+        }
+    }
+
+    /// Scans the disk and records what changed. Returns how long it took.
+    async fn scan(&mut self) -> Duration {
+        let started = Instant::now();
+        let Some(result) = self.disk.run(|s| s.folder.scan()).await else {
+            return started.elapsed();
+        };
+        match result {
+            Ok(changes) => {
+                self.error = None;
+                for change in changes {
+                    self.record(change).await;
+                }
+                self.scanned = true;
+            }
+            Err(e) => self.error = Some(e.to_string()),
+        }
+        self.publish();
+        started.elapsed()
+    }
+
+    /// Writes the record of a local change, after the version the disk held.
+    async fn record(&mut self, change: LocalChange) {
+        let path = change.path.clone();
+        let Some(Ok(context)) = self.disk.run(move |s| s.versions.get(&path)).await else {
+            return;
+        };
+        let value = change.meta.as_ref().map(|m| Bytes::from(m.encode()));
+        let key = files::key_of(&change.path);
+        match self
+            .node
+            .write_after(self.share, &key, value, context.clone())
+            .await
+        {
+            Ok(dot) => {
+                let mut version = context;
+                version.set(dot);
+                let path = change.path.clone();
+                let _ = self
+                    .disk
+                    .run(move |s| s.versions.set(&path, &version))
+                    .await;
+            }
+            Err(e) => self.error = Some(format!("cannot record {}: {e}", change.path)),
+        }
+    }
+
+    async fn reconcile_all(&mut self) {
+        if let Ok(entries) = self.node.list(self.share, files::FILES_PREFIX).await {
+            for (key, _) in entries {
+                if let Some(path) = files::path_of(&key) {
+                    self.dirty.insert(path.to_owned());
+                }
+            }
+        }
+        self.process_dirty().await;
+        self.publish();
+    }
+
+    /// Plans every dirty path: creations parents first, removals children first.
+    async fn process_dirty(&mut self) {
+        if self.error.is_some() {
+            // A missing root or a full disk: change nothing until it is fixed.
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut removals = Vec::new();
+        for path in dirty {
+            match self.step(&path).await {
+                Step::Done => {}
+                Step::RemoveLater => removals.push(path),
+            }
+        }
+        for path in removals.into_iter().rev() {
+            self.remove(&path).await;
+        }
+    }
+
+    async fn local(&self, path: &str) -> Option<Local> {
+        let p = path.to_owned();
+        let (meta, version) = self
+            .disk
+            .run(move |s| (s.folder.local(&p), s.versions.get(&p)))
+            .await?;
+        Some(Local {
+            meta: meta.ok()?,
+            version: version.ok()?,
+        })
+    }
+
+    async fn step(&mut self, path: &str) -> Step {
+        if let Err(e) = share_path::validate(path) {
+            eprintln!("ignoring the record of {path:?}: {e}");
+            return Step::Done;
+        }
+        let Ok(Some(entry)) = self.node.get(self.share, &files::key_of(path)).await else {
+            return Step::Done;
+        };
+        let Some(local) = self.local(path).await else {
+            return Step::Done;
+        };
+        match plan(&self.me, &entry, &local) {
+            Plan::Nothing => Step::Done,
+            Plan::Adopt { version } => {
+                self.set_version(path, version).await;
+                Step::Done
+            }
+            Plan::Invalid { detail } => {
+                eprintln!("ignoring the record of {path}: {detail}");
+                Step::Done
+            }
+            Plan::Apply {
+                target: None,
+                version,
+            } => {
+                self.pending_removals.insert(path.to_owned(), (local.meta, version));
+                Step::RemoveLater
+            }
+            Plan::Apply {
+                target: Some(target),
+                version,
+            } => {
+                self.apply(path, target, local.meta, version).await;
+                Step::Done
+            }
+            Plan::Conflict {
+                keep,
+                target,
+                context,
+            } => {
+                self.resolve(path, keep, target, local.meta, context).await;
+                Step::Done
+            }
+        }
+    }
+
+    async fn set_version(&self, path: &str, version: VersionVector) {
+        let p = path.to_owned();
+        let _ = self.disk.run(move |s| s.versions.set(&p, &version)).await;
+    }
+
+    /// Reacts to a failed disk write: a local change means a rescan (which records the
+    /// local edit as concurrent, so the conflict keeps both); anything else is the folder's
+    /// error state.
+    fn failed(&mut self, path: &str, e: FolderError) {
+        match e {
+            FolderError::LocalChange { .. } => self.rescan_soon = true,
+            other => {
+                eprintln!("cannot update {path}: {other}");
+                self.error = Some(other.to_string());
+            }
+        }
+    }
+
+    /// Stops assembling `path` (superseded) and drops its wants no other file shares.
+    async fn abandon(&mut self, path: &str) {
+        let Some(b) = self.building.remove(path) else {
+            return;
+        };
+        let mut cancel = Vec::new();
+        for h in b.missing {
+            if let Some(paths) = self.waiting.get_mut(&h) {
+                paths.remove(path);
+                if paths.is_empty() {
+                    self.waiting.remove(&h);
+                    cancel.push(h);
+                }
+            }
+        }
+        let _ = self.node.cancel_chunks(self.share, cancel).await;
+        let p = path.to_owned();
+        let _ = self.disk.run(move |s| s.stagings.remove(&p)).await;
+    }
+
+    /// Makes the disk at `path` equal to `target`, then remembers `version`.
+    async fn apply(
+        &mut self,
+        path: &str,
+        target: FileMeta,
+        expected: Option<FileMeta>,
+        version: VersionVector,
+    ) {
+        if self
+            .building
+            .get(path)
+            .is_some_and(|b| b.target == target && b.version == version)
+        {
+            return;
+        }
+        self.abandon(path).await;
+        let p = path.to_owned();
+        match target.kind {
+            FileKind::Dir | FileKind::Symlink => {
+                let (t, e) = (target.clone(), expected.clone());
+                let result = self
+                    .disk
+                    .run(move |s| match t.kind {
+                        FileKind::Dir => s.folder.apply_dir(&p, &t, e.as_ref()),
+                        _ => s.folder.apply_symlink(&p, &t, e.as_ref()),
+                    })
+                    .await;
+                match result {
+                    Some(Ok(())) => self.set_version(path, version).await,
+                    Some(Err(e)) => self.failed(path, e),
+                    None => {}
+                }
+            }
+            FileKind::File => {
+                let t = target.clone();
+                let staged = self
+                    .disk
+                    .run(move |s| {
+                        let staging = s.folder.stage(&p, &t)?;
+                        let missing: BTreeSet<Hash> = staging.missing().copied().collect();
+                        s.stagings.insert(p, staging);
+                        Ok::<_, FolderError>(missing)
+                    })
+                    .await;
+                let missing = match staged {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return self.failed(path, e),
+                    None => return,
+                };
+                let lens: BTreeMap<Hash, u32> =
+                    target.chunks.iter().map(|c| (c.0, c.1)).collect();
+                let bytes = missing.iter().filter_map(|h| lens.get(h)).map(|&l| u64::from(l)).sum();
+                let mut want = Vec::new();
+                for h in &missing {
+                    let paths = self.waiting.entry(*h).or_default();
+                    if paths.is_empty() {
+                        want.push((*h, lens.get(h).copied().unwrap_or(0)));
+                    }
+                    paths.insert(path.to_owned());
+                }
+                self.building.insert(
+                    path.to_owned(),
+                    Building {
+                        target,
+                        expected,
+                        version,
+                        missing,
+                        bytes,
+                    },
+                );
+                if want.is_empty() {
+                    self.try_commit(path).await;
+                } else {
+                    let _ = self.node.want_chunks(self.share, want).await;
+                }
+            }
+        }
+    }
+
+    async fn on_chunk(&mut self, hash: Hash, data: Bytes) {
+        self.stalled.remove(&hash);
+        let Some(paths) = self.waiting.remove(&hash) else {
+            return;
+        };
+        for path in paths {
+            let p = path.clone();
+            let d = data.clone();
+            let written = self
+                .disk
+                .run(move |s| match s.stagings.get_mut(&p) {
+                    Some(staging) => s.folder.write_chunk(staging, &hash, &d),
+                    None => Ok(()),
+                })
+                .await;
+            match written {
+                Some(Ok(())) => {
+                    if let Some(b) = self.building.get_mut(&path) {
+                        b.missing.remove(&hash);
+                        let len = b
+                            .target
+                            .chunks
+                            .iter()
+                            .find(|c| c.0 == hash)
+                            .map_or(0, |c| u64::from(c.1));
+                        b.bytes = b.bytes.saturating_sub(len);
+                    }
+                    self.try_commit(&path).await;
+                }
+                Some(Err(e)) => {
+                    self.abandon(&path).await;
+                    self.failed(&path, e);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Commits `path` once every chunk is in place.
+    async fn try_commit(&mut self, path: &str) {
+        if !self.building.get(path).is_some_and(|b| b.missing.is_empty()) {
+            return;
+        }
+        let Some(b) = self.building.remove(path) else {
+            return;
+        };
+        let p = path.to_owned();
+        let expected = b.expected.clone();
+        let result = self
+            .disk
+            .run(move |s| match s.stagings.remove(&p) {
+                Some(staging) => s.folder.commit(staging, expected.as_ref()),
+                None => Ok(()),
+            })
+            .await;
+        match result {
+            Some(Ok(())) => self.set_version(path, b.version).await,
+            Some(Err(e)) => self.failed(path, e),
+            None => {}
+        }
+    }
+
+    async fn remove(&mut self, path: &str) {
+        let Some((expected, version)) = self.pending_removals.remove(path) else {
+            return;
+        };
+        self.abandon(path).await;
+        let p = path.to_owned();
+        let result = self
+            .disk
+            .run(move |s| s.folder.remove(&p, expected.as_ref()))
+            .await;
+        match result {
+            Some(Ok(())) => self.set_version(path, version).await,
+            Some(Err(e)) => self.failed(path, e),
+            None => {}
+        }
+    }
+
+    /// This device wrote a losing version: keep it as a conflict copy, then write the
+    /// winner after every sibling (which resolves the conflict everywhere) and apply it.
+    async fn resolve(
+        &mut self,
+        path: &str,
+        keep: Option<FileMeta>,
+        target: Option<FileMeta>,
+        local: Option<FileMeta>,
+        context: VersionVector,
+    ) {
+        if let Some(mut keep) = keep {
+            let copy = share_path::conflict_name(path, &self.me, wall_micros());
+            keep.conflict_of = Some(path.to_owned());
+            let (c, k) = (copy.clone(), keep.clone());
+            let kept = self
+                .disk
+                .run(move |s| {
+                    let staging = s.folder.stage(&c, &k)?;
+                    s.folder.commit(staging, None)
+                })
+                .await;
+            match kept {
+                Some(Ok(())) => {
+                    self.record(LocalChange {
+                        path: copy.clone(),
+                        meta: Some(keep),
+                    })
+                    .await;
+                    eprintln!("conflict on {path}: this device's version kept as {copy}");
+                }
+                Some(Err(e)) => return self.failed(path, e),
+                None => return,
+            }
+        }
+        let value = target.as_ref().map(|t| Bytes::from(t.encode()));
+        let key = files::key_of(path);
+        let dot = match self
+            .node
+            .write_after(self.share, &key, value, context.clone())
+            .await
+        {
+            Ok(dot) => dot,
+            Err(e) => {
+                self.error = Some(format!("cannot resolve the conflict on {path}: {e}"));
+                return;
+            }
+        };
+        let mut version = context;
+        version.set(dot);
+        match target {
+            Some(t) => self.apply(path, t, local, version).await,
+            None => {
+                self.pending_removals.insert(path.to_owned(), (local, version));
+                self.remove(path).await;
+            }
+        }
+    }
+}
+
+fn wall_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+enum Step {
+    Done,
+    RemoveLater,
+}
