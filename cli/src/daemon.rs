@@ -18,6 +18,7 @@ use clearskies_proto::session::{CloseReason, SessionConfig};
 use clearskies_proto::wire::CloseCode;
 use clearskies_store::ReplicaStore;
 use clearskies_tokio::MonotonicClock;
+use clearskies_tokio::folder::{FolderConfig, FolderHandle, spawn_folder};
 use clearskies_tokio::node::{NodeHandle, spawn_node};
 use clearskies_tokio::{pairing, tls};
 use tokio::net::TcpListener;
@@ -59,6 +60,8 @@ struct Device {
     /// The last reason a peer gave for refusing this device, for `sync --once` to report.
     refusal: Arc<Mutex<Option<String>>>,
     invitations: Arc<Mutex<Invitations>>,
+    /// The folder of every share, by share folder path.
+    folders: Vec<(std::path::PathBuf, FolderHandle)>,
 }
 
 impl Device {
@@ -74,7 +77,10 @@ impl Device {
     }
 }
 
-async fn start(home: Home) -> Result<(Arc<Device>, tokio::sync::mpsc::Receiver<Event>), Failure> {
+async fn start(
+    home: Home,
+    rescan: Duration,
+) -> Result<(Arc<Device>, tokio::sync::mpsc::Receiver<Event>), Failure> {
     let key = home.key()?;
     let shares = home.shares()?;
     let clock = MonotonicClock::new();
@@ -98,6 +104,26 @@ async fn start(home: Home) -> Result<(Arc<Device>, tokio::sync::mpsc::Receiver<E
             .await
             .map_err(|e| Failure::usage(&e.to_string()))?;
     }
+    // Each folder is scanned before the device goes on the network, so no peer takes a
+    // device that has not looked at its disk yet for one that agrees with it.
+    let mut folders = Vec::new();
+    for share in &shares {
+        let dir = home.share_dir(share);
+        let config = FolderConfig {
+            share: share.share_id()?,
+            root: share.path.clone(),
+            index: dir.join("folder.redb"),
+            versions: dir.join("versions.redb"),
+            rescan,
+        };
+        let folder = spawn_folder(handle.clone(), key.device_id(), config)
+            .await
+            .map_err(|e| Failure::not_found(&format!("{}: {e}", share.path.display())))?;
+        if let Some(e) = folder.status().error {
+            eprintln!("{}: {e}", share.path.display());
+        }
+        folders.push((share.path.clone(), folder));
+    }
     members.remove(&key.device_id());
     let invitations = home.load_invitations()?;
     let device = Device {
@@ -108,6 +134,7 @@ async fn start(home: Home) -> Result<(Arc<Device>, tokio::sync::mpsc::Receiver<E
         connected: Arc::new(Mutex::new(BTreeSet::new())),
         refusal: Arc::new(Mutex::new(None)),
         invitations: Arc::new(Mutex::new(invitations)),
+        folders,
     };
     Ok((Arc::new(device), events))
 }
@@ -247,6 +274,7 @@ pub fn run(
     listen: Option<String>,
     peers: Vec<String>,
     once: Option<Duration>,
+    rescan: Duration,
 ) -> Result<(), Failure> {
     let listen = listen.map(|a| resolve(&a)).transpose()?;
     let peers: Vec<SocketAddr> = peers.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
@@ -256,7 +284,7 @@ pub fn run(
         ));
     }
     runtime()?.block_on(async move {
-        let (device, mut events) = start(home).await?;
+        let (device, mut events) = start(home, rescan).await?;
         if let Some(addr) = listen {
             let listener = TcpListener::bind(addr)
                 .await
@@ -309,6 +337,9 @@ pub fn run(
             None => wait_for_signal().await,
             Some(timeout) => check_in(&device, peers.len(), timeout).await,
         };
+        for (_, folder) in &device.folders {
+            folder.stop();
+        }
         device.node.shutdown().await;
         // Let the node's task release the stores.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -331,6 +362,7 @@ async fn wait_for_signal() -> Result<(), Failure> {
 /// Waits until every peer dialled is connected and in sync.
 async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
+    let mut settled = false;
     loop {
         let connected: Vec<DeviceId> = device
             .connected
@@ -344,10 +376,19 @@ async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<()
             for peer in &connected {
                 all &= device.node.synced_with(*peer).await.unwrap_or(false);
             }
-            if all {
+            all &= device.folders.iter().all(|(_, f)| f.status().is_complete());
+            // Records that just arrived reach the folders a moment later: agreeing twice in
+            // a row, a little apart, means nothing was on its way.
+            if all && settled {
                 // Let the last frames leave before the sessions close.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 return Ok(());
+            }
+            settled = all;
+        }
+        for (path, f) in &device.folders {
+            if let Some(e) = f.status().error {
+                return Err(Failure::not_found(&format!("{}: {e}", path.display())));
             }
         }
         let refused = device
@@ -367,7 +408,7 @@ async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<()
                 connected.len()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
 

@@ -94,8 +94,11 @@ enum Command {
         transport: Option<String>,
         #[arg(long)]
         peer: Vec<String>,
+        /// Seconds between rescans of each folder (at least; a costly scan stretches it).
+        #[arg(long, default_value_t = 10)]
+        rescan: u64,
     },
-    /// Check in with peers once (not yet).
+    /// Check in with peers once: exchange changes, fetch content, exit 0 when all agree.
     Sync {
         #[arg(long)]
         once: bool,
@@ -297,11 +300,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             listen,
             transport,
             peer,
+            rescan,
         } => {
             if transport.as_deref().is_some_and(|t| t != "tcp") {
                 return Err(Failure::not_yet("run --transport quic"));
             }
-            daemon::run(home, listen, peer, None)?;
+            daemon::run(home, listen, peer, None, Duration::from_secs(rescan))?;
         }
         Command::Sync {
             once,
@@ -322,6 +326,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 None,
                 peer,
                 Some(Duration::from_secs(timeout.unwrap_or(60))),
+                Duration::from_secs(3600),
             )?;
         }
         Command::Status { .. } => return Err(Failure::not_yet("status")),

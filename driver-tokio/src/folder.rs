@@ -278,14 +278,14 @@ impl Syncer {
                 scan_cost = self.scan().await;
                 self.process_dirty().await;
             }
-            self.publish();
+            self.publish().await;
             for r in replies {
                 let _ = r.send(());
             }
         }
     }
 
-    fn publish(&self) {
+    async fn publish(&self) {
         let status = FolderStatus {
             scanned: self.scanned,
             pending_files: self.building.len() + self.dirty.len(),
@@ -293,6 +293,13 @@ impl Syncer {
             stalled_chunks: self.stalled.len(),
             error: self.error.clone(),
         };
+        // Until the first scan is done this device cannot say its disk is complete.
+        let pending = if status.is_complete() {
+            0
+        } else {
+            status.pending_files.max(1) as u64
+        };
+        let _ = self.node.set_folder_pending(self.share, pending).await;
         self.status.send_if_modified(|s| {
             let changed = *s != status;
             *s = status;
@@ -338,7 +345,7 @@ impl Syncer {
             }
             Err(e) => self.error = Some(e.to_string()),
         }
-        self.publish();
+        self.publish().await;
         started.elapsed()
     }
 
@@ -377,7 +384,7 @@ impl Syncer {
             }
         }
         self.process_dirty().await;
-        self.publish();
+        self.publish().await;
     }
 
     /// Plans every dirty path: creations parents first, removals children first.

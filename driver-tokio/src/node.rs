@@ -91,6 +91,7 @@ enum Input {
         chunks: Vec<Hash>,
     },
     ChunkRead(ConnId, u32, Option<Vec<u8>>),
+    FolderPending(ShareId, u64),
     Synced {
         peer: DeviceId,
         reply: oneshot::Sender<bool>,
@@ -217,6 +218,15 @@ impl NodeHandle {
     ) -> Result<(), NodeError> {
         self.inputs
             .send(Input::WantChunks { share, chunks })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Says how many paths of `share` this device's disk still lacks (peers wait for 0
+    /// before they count this device as in sync).
+    pub async fn set_folder_pending(&self, share: ShareId, pending: u64) -> Result<(), NodeError> {
+        self.inputs
+            .send(Input::FolderPending(share, pending))
             .await
             .map_err(|_| NodeError::Stopped)
     }
@@ -551,6 +561,7 @@ impl Owner {
                 }
             }
             Input::ChunkRead(conn, id, data) => self.node.chunk_read(conn, id, data),
+            Input::FolderPending(share, pending) => self.node.set_folder_pending(&share, pending),
             Input::Shutdown => return false,
         }
         true

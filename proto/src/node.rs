@@ -144,6 +144,10 @@ pub struct Node {
     current: BTreeMap<DeviceId, ConnId>,
     shares: BTreeMap<ShareId, Replica>,
     fetcher: Fetcher,
+    /// Folder shares: paths this device's disk still lacks.
+    folder_pending: BTreeMap<ShareId, u64>,
+    /// What peers reported of their folders.
+    peer_pending: BTreeMap<(DeviceId, ShareId), u64>,
     outputs: VecDeque<Output>,
 }
 
@@ -164,6 +168,8 @@ impl Node {
             current: BTreeMap::new(),
             shares: BTreeMap::new(),
             fetcher: Fetcher::new(),
+            folder_pending: BTreeMap::new(),
+            peer_pending: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -191,14 +197,36 @@ impl Node {
     }
 
     /// Whether every share `peer` is a member of is in sync with it (see
-    /// [`Replica::is_synced_with`]). False while no session with it is established.
+    /// [`Replica::is_synced_with`]) and, for folder shares, whether the peer reported that
+    /// its disk holds everything. False while no session with it is established.
     pub fn is_synced_with(&self, peer: &DeviceId) -> bool {
         self.current.contains_key(peer)
             && self
                 .shares
-                .values()
-                .filter(|r| r.is_member(peer))
-                .all(|r| r.is_synced_with(peer))
+                .iter()
+                .filter(|(_, r)| r.is_member(peer))
+                .all(|(id, r)| {
+                    r.is_synced_with(peer)
+                        && (!self.folder_pending.contains_key(id)
+                            || self.peer_pending.get(&(*peer, *id)) == Some(&0))
+                })
+    }
+
+    /// What `peer` last reported of its folder of `share`: paths its disk still lacks.
+    pub fn peer_folder_pending(&self, peer: &DeviceId, share: &ShareId) -> Option<u64> {
+        self.peer_pending.get(&(*peer, *share)).copied()
+    }
+
+    /// Marks `share` as a folder share and says how many paths this device's disk still
+    /// lacks; peers hear of every change.
+    pub fn set_folder_pending(&mut self, share: &ShareId, pending: u64) {
+        if self.folder_pending.insert(*share, pending) == Some(pending) {
+            return;
+        }
+        let peers: Vec<(ConnId, DeviceId)> = self.current.iter().map(|(p, c)| (*c, *p)).collect();
+        for (conn, peer) in peers {
+            self.send_progress(conn, &peer, share);
+        }
     }
 
     /// The connection in use with `peer`, if established.
@@ -524,6 +552,10 @@ impl Node {
                     }
                 }
                 self.fetcher.peer_up(peer);
+                let folders: Vec<ShareId> = self.folder_pending.keys().copied().collect();
+                for share in folders {
+                    self.send_progress(conn, &peer, &share);
+                }
                 self.outputs.push_back(Output::Event(Event::PeerUp {
                     peer,
                     name: n.peer_name,
@@ -574,6 +606,7 @@ impl Node {
                     replica.peer_disconnected(&peer);
                 }
                 self.fetcher.peer_down(&peer);
+                self.peer_pending.retain(|(p, _), _| *p != peer);
                 self.collect_fetches();
                 self.outputs
                     .push_back(Output::Event(Event::PeerDown { peer, reason }));
@@ -624,6 +657,16 @@ impl Node {
                     .map_err(|e| e.detail)?;
                 self.collect_fetches();
             }
+            Some(FilesMessage::Progress(m)) => {
+                let share = self
+                    .shares
+                    .iter()
+                    .find(|(id, r)| db::replica::share_tag(id) == m.share && r.is_member(&peer))
+                    .map(|(id, _)| *id);
+                if let Some(share) = share {
+                    self.peer_pending.insert((peer, share), m.pending);
+                }
+            }
             Some(FilesMessage::Missing(m)) => {
                 let current = &self.current;
                 let shares = &self.shares;
@@ -637,6 +680,37 @@ impl Node {
             None => {}
         }
         Ok(())
+    }
+
+    /// Tells `peer` (on `conn`) how far this device's folder of `share` is.
+    fn send_progress(&mut self, conn: ConnId, peer: &DeviceId, share: &ShareId) {
+        let Some(&pending) = self.folder_pending.get(share) else {
+            return;
+        };
+        if !self.shares.get(share).is_some_and(|r| r.is_member(peer)) {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c
+            .session
+            .negotiated()
+            .is_some_and(|n| n.extensions.iter().any(|e| e == FILES_EXTENSION))
+        {
+            return;
+        }
+        let msg = FilesMessage::Progress(files_msg::Progress {
+            share: db::replica::share_tag(share),
+            pending,
+        });
+        let _ = c.session.send(
+            Message::Extension(ExtensionMessage {
+                name: FILES_EXTENSION.to_owned(),
+                payload: msg.encode(),
+            }),
+            Priority::Control,
+        );
     }
 
     /// Moves fetch events to the node's outputs.

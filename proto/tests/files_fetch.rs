@@ -278,3 +278,25 @@ fn a_stranger_to_the_share_is_never_served() {
     assert_eq!(net.hosts[0].served, 0);
     assert!(net.hosts[1].arrived.is_empty());
 }
+
+#[test]
+fn a_folder_peer_counts_as_in_sync_only_once_its_disk_holds_everything() {
+    let a = Host::new(1, &[1, 2]);
+    let b = Host::new(2, &[1, 2]);
+    let mut net = Net::new(vec![a, b], vec![(0, 1)]);
+    // A plain database share: in sync as soon as the databases agree.
+    assert!(net.hosts[0].node.is_synced_with(&device(2)));
+    // Both sides treat the share as a folder; B's disk still lacks two paths.
+    net.hosts[0].node.set_folder_pending(&SHARE, 0);
+    net.hosts[1].node.set_folder_pending(&SHARE, 2);
+    net.pump();
+    assert_eq!(
+        net.hosts[0].node.peer_folder_pending(&device(2), &SHARE),
+        Some(2)
+    );
+    assert!(!net.hosts[0].node.is_synced_with(&device(2)));
+    assert!(net.hosts[1].node.is_synced_with(&device(1)));
+    net.hosts[1].node.set_folder_pending(&SHARE, 0);
+    net.pump();
+    assert!(net.hosts[0].node.is_synced_with(&device(2)));
+}

@@ -60,6 +60,19 @@ pub struct Missing {
     pub id: u32,
 }
 
+/// How many paths of a share the sender's disk still lacks (0: its folder holds everything
+/// its database says). Sent when it changes and when a session starts, so a device checking
+/// in can wait until its peers also hold what it brought.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The share.
+    #[serde(rename = "s")]
+    pub share: ShareTag,
+    /// Paths not yet on the sender's disk as the database has them.
+    #[serde(rename = "p")]
+    pub pending: u64,
+}
+
 /// A chunk-transfer message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,6 +83,8 @@ pub enum FilesMessage {
     Data(Data),
     /// `2`
     Missing(Missing),
+    /// `3`
+    Progress(Progress),
 }
 
 impl FilesMessage {
@@ -79,6 +94,7 @@ impl FilesMessage {
             FilesMessage::Get(m) => codec::encode(&(0u8, m)),
             FilesMessage::Data(m) => codec::encode(&(1u8, m)),
             FilesMessage::Missing(m) => codec::encode(&(2u8, m)),
+            FilesMessage::Progress(m) => codec::encode(&(3u8, m)),
         };
         Bytes::from(bytes)
     }
@@ -98,6 +114,7 @@ impl FilesMessage {
             }
             1 => FilesMessage::Data(codec::decode::<(u8, Data)>(payload)?.1),
             2 => FilesMessage::Missing(codec::decode::<(u8, Missing)>(payload)?.1),
+            3 => FilesMessage::Progress(codec::decode::<(u8, Progress)>(payload)?.1),
             _ => return Ok(None),
         }))
     }
