@@ -7,6 +7,7 @@
 //! `cat`, `pin`, `unpin`, `db watch`) say plainly that this build does not have them yet.
 
 mod daemon;
+mod demo;
 mod home;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +110,9 @@ enum Command {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// Two devices on this machine, in a temporary directory, keep a folder in sync while
+    /// the demo edits it.
+    Demo,
     /// Show shares, peers and progress (not yet).
     Status {
         #[arg(long)]
@@ -330,6 +334,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )?;
         }
         Command::Status { .. } => return Err(Failure::not_yet("status")),
+        Command::Demo => demo::demo()?,
         Command::Db { share, op } => db(&home, share.as_deref(), op)?,
     }
     Ok(())

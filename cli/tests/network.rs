@@ -1,88 +1,9 @@
 //! Two devices as real processes on loopback: one shares and runs the daemon, the other joins
 //! with the access code, checks in with `sync --once`, and data flows both ways over TLS.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn cmd(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clearskies"));
-    c.arg("--home").arg(home).env_remove("CLEARSKIES_HOME");
-    c
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    cmd(home).args(args).output().expect("run clearskies")
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = run(home, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A daemon that is killed if the test fails before stopping it.
-struct Daemon(Option<Child>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Starts `run --listen` and waits until it listens.
-fn daemon(home: &Path, port: u16) -> Daemon {
-    let mut child = cmd(home)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let line = lines.next().expect("daemon output").unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
-    // Keep draining so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Daemon(Some(child))
-}
-
-fn stop(mut daemon: Daemon) {
-    let mut child = daemon.0.take().expect("running");
-    let start = Instant::now();
-    // SIGTERM, then it must exit cleanly within a few seconds.
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "daemon exited with {status}");
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "daemon did not stop within 5 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::{daemon, free_port, ok, run, stop};
 
 #[test]
 fn join_with_the_code_then_check_in_both_ways() {
@@ -103,7 +24,7 @@ fn join_with_the_code_then_check_in_both_ways() {
     );
     let port = free_port();
     let peer = format!("127.0.0.1:{port}");
-    let laptop = daemon(&a, port);
+    let laptop = daemon(&a, port, &[]);
 
     // A wrong secret half is refused by the inviter and said so.
     let mut wrong = clearskies_proto::code::AccessCode::parse(&code)
@@ -168,7 +89,7 @@ fn join_with_the_code_then_check_in_both_ways() {
         &["remove-member", fa.to_str().unwrap(), phone_id.trim()],
     );
     assert!(!ok(&a, &["members", fa.to_str().unwrap()]).contains(phone_id.trim()));
-    let laptop = daemon(&a, port);
+    let laptop = daemon(&a, port, &[]);
     let out = run(&b, &["sync", "--once", "--peer", &peer, "--timeout", "20"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -343,7 +343,13 @@ impl Syncer {
                 }
                 self.scanned = true;
             }
-            Err(e) => self.error = Some(e.to_string()),
+            Err(e) => {
+                let e = e.to_string();
+                if self.error.as_ref() != Some(&e) {
+                    eprintln!("{e}; nothing is changed on this device or sent to others until it is fixed");
+                }
+                self.error = Some(e);
+            }
         }
         self.publish().await;
         started.elapsed()
