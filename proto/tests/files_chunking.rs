@@ -42,7 +42,9 @@ fn new_chunks(old: &[u8], new: &[u8]) -> usize {
     let old = chunks(old, 0);
     let new = chunks(new, 0);
     let known: BTreeSet<&[u8]> = old.iter().copied().collect();
-    let changed: Vec<usize> = (0..new.len()).filter(|&i| !known.contains(new[i])).collect();
+    let changed: Vec<usize> = (0..new.len())
+        .filter(|&i| !known.contains(new[i]))
+        .collect();
     if let (Some(&first), Some(&last)) = (changed.first(), changed.last()) {
         assert_eq!(&new[..first], &old[..first], "common prefix");
         let tail = new.len() - last - 1;
@@ -71,7 +73,10 @@ fn edits_usually_change_exactly_one_chunk() {
         new[(s as usize * 104_729) % old.len()] ^= 0x5a;
         overwrite_one += usize::from(new_chunks(&old, &new) == 1);
     }
-    assert!(insert_one >= 196 && overwrite_one >= 196, "{insert_one} {overwrite_one}");
+    assert!(
+        insert_one >= 196 && overwrite_one >= 196,
+        "{insert_one} {overwrite_one}"
+    );
 }
 
 fn cases() -> u32 {
@@ -143,7 +148,10 @@ fn lengths_respect_min_and_max_and_add_up() {
     for class in 0..2 {
         let p = ChunkParams::of(class);
         let lengths = chunk_lengths(&data, class);
-        assert_eq!(lengths.iter().map(|&l| u64::from(l)).sum::<u64>(), data.len() as u64);
+        assert_eq!(
+            lengths.iter().map(|&l| u64::from(l)).sum::<u64>(),
+            data.len() as u64
+        );
         let (last, body) = lengths.split_last().expect("chunks");
         assert!(body.iter().all(|&l| l >= p.min && l <= p.max), "{body:?}");
         assert!(*last <= p.max);

@@ -156,7 +156,9 @@ pub fn windows_problem(path: &str) -> Option<&'static str> {
             .chars()
             .any(|c| matches!(c, '<' | '>' | ':' | '"' | '\\' | '|' | '?' | '*') || c < ' ')
         {
-            return Some("a name contains a character Windows forbids (<>:\"\\|?* or a control character)");
+            return Some(
+                "a name contains a character Windows forbids (<>:\"\\|?* or a control character)",
+            );
         }
         if name.ends_with('.') || name.ends_with(' ') {
             return Some("a name ends with a dot or a space");
@@ -166,7 +168,9 @@ pub fn windows_problem(path: &str) -> Option<&'static str> {
             .iter()
             .any(|r| stem.eq_ignore_ascii_case(r))
         {
-            return Some("a name is a device name Windows reserves (CON, PRN, AUX, NUL, COM1-9, LPT1-9)");
+            return Some(
+                "a name is a device name Windows reserves (CON, PRN, AUX, NUL, COM1-9, LPT1-9)",
+            );
         }
     }
     None
@@ -253,7 +257,11 @@ mod tests {
         let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
         let (mut y, mut m, mut d) = (1970u64, 1u32, 1u32);
         for day in 0..(500 * 366u64) {
-            assert_eq!(civil_time(day * 86_400 + 3661), (y, m, d, 1, 1, 1), "day {day}");
+            assert_eq!(
+                civil_time(day * 86_400 + 3661),
+                (y, m, d, 1, 1, 1),
+                "day {day}"
+            );
             let len = match m {
                 2 if leap(y) => 29,
                 2 => 28,
