@@ -10,10 +10,16 @@
 //!   durable (fsynced) when [`ReplicaStore::apply`] returns, and loads the
 //!   [`ReplicaState`] a replica restarts from.
 //!
-//! Chunk IO and folder scanning arrive with the folder-sync issue.
+//! * [`Folder`] (module [`folder`]): one share's folder on disk: scanning with an index of
+//!   what was last seen, serving chunks to peers, and applying remote state through temp
+//!   files, fsync and rename, never through a symlink (`spec/files.md`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod folder;
+
+pub use folder::{Folder, FolderError, LocalChange, Staging};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
