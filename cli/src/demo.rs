@@ -20,9 +20,7 @@ impl Drop for Device {
     fn drop(&mut self) {
         if let Some(mut child) = self.daemon.take() {
             // SIGTERM for a clean stop, as a user would.
-            let _ = Command::new("kill")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
     }
@@ -78,7 +76,11 @@ fn listing(root: &Path) -> Vec<String> {
         };
         for e in entries.filter_map(Result::ok) {
             let p = e.path();
-            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
             if rel == ".clearskies" {
                 continue;
             }
@@ -99,7 +101,9 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), Failure> {
     let started = Instant::now();
     while !ok() {
         if started.elapsed() > Duration::from_secs(60) {
-            return Err(Failure::not_found(&format!("the demo timed out waiting for {what}")));
+            return Err(Failure::not_found(&format!(
+                "the demo timed out waiting for {what}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -108,8 +112,11 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), Failure> {
 }
 
 fn free_port() -> Result<u16, Failure> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Failure::usage(&e.to_string()))?;
-    Ok(l.local_addr().map_err(|e| Failure::usage(&e.to_string()))?.port())
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Failure::usage(&e.to_string()))?;
+    Ok(l.local_addr()
+        .map_err(|e| Failure::usage(&e.to_string()))?
+        .port())
 }
 
 /// Runs the demo in `dir` (a fresh temporary directory when `None`).
@@ -147,11 +154,24 @@ pub fn demo() -> Result<(), Failure> {
 
     println!("2. The phone joins with the code (SPAKE2 over TLS 1.3, then keys are pinned):");
     let phone_folder = phone.folder.to_string_lossy().into_owned();
-    print!("   {}", call(&phone.home, &["join", &code, &phone_folder, "--peer", &addr])?);
+    print!(
+        "   {}",
+        call(
+            &phone.home,
+            &["join", &code, &phone_folder, "--peer", &addr]
+        )?
+    );
     let phone_port = free_port()?;
     start(
         &mut phone,
-        &["--listen", &format!("127.0.0.1:{phone_port}"), "--peer", &addr, "--rescan", "1"],
+        &[
+            "--listen",
+            &format!("127.0.0.1:{phone_port}"),
+            "--peer",
+            &addr,
+            "--rescan",
+            "1",
+        ],
     )?;
     wait_for("the phone holds the laptop's files", || {
         listing(&phone.folder) == listing(&laptop.folder)
@@ -161,20 +181,28 @@ pub fn demo() -> Result<(), Failure> {
     }
 
     println!("3. Edits flow both ways:");
-    write(&phone.folder, "from-the-phone.txt", "written on the phone\n")?;
+    write(
+        &phone.folder,
+        "from-the-phone.txt",
+        "written on the phone\n",
+    )?;
     wait_for("the laptop has the phone's new file", || {
         laptop.folder.join("from-the-phone.txt").exists()
     })?;
-    write(&laptop.folder, "notes.txt", "shopping: milk, bread, coffee\n")?;
+    write(
+        &laptop.folder,
+        "notes.txt",
+        "shopping: milk, bread, coffee\n",
+    )?;
     wait_for("the phone sees the laptop's edit", || {
-        std::fs::read_to_string(phone.folder.join("notes.txt"))
-            .is_ok_and(|t| t.contains("coffee"))
+        std::fs::read_to_string(phone.folder.join("notes.txt")).is_ok_and(|t| t.contains("coffee"))
     })?;
     let photos = phone.folder.join("photos");
     std::fs::remove_dir_all(&photos).map_err(|e| Failure::io(&photos, e))?;
-    wait_for("a folder deleted on the phone is gone from the laptop", || {
-        !laptop.folder.join("photos").exists()
-    })?;
+    wait_for(
+        "a folder deleted on the phone is gone from the laptop",
+        || !laptop.folder.join("photos").exists(),
+    )?;
 
     println!("4. Both folders now hold:");
     for line in listing(&laptop.folder) {

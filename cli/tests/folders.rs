@@ -14,7 +14,6 @@ const T: Duration = Duration::from_secs(60);
 
 struct Pair {
     _dir: tempfile::TempDir,
-    a: PathBuf,
     b: PathBuf,
     fa: PathBuf,
     fb: PathBuf,
@@ -43,7 +42,6 @@ impl Pair {
         ok(&b, &["join", &code, fb.to_str().unwrap(), "--peer", &peer]);
         let pair = Pair {
             _dir: dir,
-            a,
             b,
             fa,
             fb,
@@ -56,10 +54,6 @@ impl Pair {
     fn start_b(&self) -> Daemon {
         let peer = format!("127.0.0.1:{}", self.port_a);
         daemon(&self.b, self.port_b, &["--rescan", "1", "--peer", &peer])
-    }
-
-    fn start_a(&self) -> Daemon {
-        daemon(&self.a, self.port_a, &["--rescan", "1"])
     }
 }
 
@@ -112,9 +106,16 @@ fn a_folder_syncs_both_ways_through_every_kind_of_change() {
         });
     };
     settle("initial sync");
-    assert!(!p.fb.join("secret.tmp").exists(), "an ignored file left the device");
+    assert!(
+        !p.fb.join("secret.tmp").exists(),
+        "an ignored file left the device"
+    );
     assert_eq!(
-        fs::metadata(p.fb.join("read-only.txt")).unwrap().permissions().mode() & 0o777,
+        fs::metadata(p.fb.join("read-only.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o400
     );
     assert_eq!(
@@ -153,7 +154,11 @@ fn concurrent_edits_keep_both_versions_and_a_stopped_daemon_catches_up() {
     // The phone's daemon is frozen; both devices edit the same file meanwhile.
     phone.signal("STOP");
     write(&p.fa, "doc.txt", b"the laptop's edit\n");
-    write(&p.fa, "while-stopped.txt", b"made while the phone was frozen\n");
+    write(
+        &p.fa,
+        "while-stopped.txt",
+        b"made while the phone was frozen\n",
+    );
     std::thread::sleep(Duration::from_millis(1500));
     write(&p.fb, "doc.txt", b"the phone's edit\n");
     phone.signal("CONT");
@@ -165,12 +170,7 @@ fn concurrent_edits_keep_both_versions_and_a_stopped_daemon_catches_up() {
     let mut contents: Vec<String> = fs::read_dir(&p.fa)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|f| {
-            f.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("doc.")
-        })
+        .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with("doc."))
         .map(|f| fs::read_to_string(f).unwrap())
         .collect();
     contents.sort();
@@ -226,7 +226,11 @@ fn a_removed_share_root_is_an_error_never_a_mass_delete() {
     });
     // Several rescans later the phone still has everything.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(tree(&p.fb), before, "files were deleted on the other device");
+    assert_eq!(
+        tree(&p.fb),
+        before,
+        "files were deleted on the other device"
+    );
     stop(phone);
     stop(laptop);
 }

@@ -17,8 +17,8 @@ use clearskies_proto::files::plan::{Local, Plan, plan};
 use clearskies_proto::files::{self, FileKind, FileMeta, Hash, path as share_path};
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::node::Event;
-use clearskies_store::folder::{Folder, FolderError, LocalChange, Staging};
 use clearskies_store::Versions;
+use clearskies_store::folder::{Folder, FolderError, LocalChange, Staging};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::node::{ChunkRead, ChunkReads, FolderLink, NodeHandle};
@@ -136,7 +136,8 @@ pub async fn spawn_folder(
 ) -> Result<FolderHandle, String> {
     let (folder_cfg, versions_path) = (config.clone(), config.versions.clone());
     let opened = tokio::task::spawn_blocking(move || {
-        let folder = Folder::open(&folder_cfg.root, &folder_cfg.index).map_err(|e| e.to_string())?;
+        let folder =
+            Folder::open(&folder_cfg.root, &folder_cfg.index).map_err(|e| e.to_string())?;
         let versions = Versions::open(&versions_path).map_err(|e| e.to_string())?;
         Ok::<_, String>(State {
             folder,
@@ -346,7 +347,9 @@ impl Syncer {
             Err(e) => {
                 let e = e.to_string();
                 if self.error.as_ref() != Some(&e) {
-                    eprintln!("{e}; nothing is changed on this device or sent to others until it is fixed");
+                    eprintln!(
+                        "{e}; nothing is changed on this device or sent to others until it is fixed"
+                    );
                 }
                 self.error = Some(e);
             }
@@ -449,7 +452,8 @@ impl Syncer {
                 target: None,
                 version,
             } => {
-                self.pending_removals.insert(path.to_owned(), (local.meta, version));
+                self.pending_removals
+                    .insert(path.to_owned(), (local.meta, version));
                 Step::RemoveLater
             }
             Plan::Apply {
@@ -557,9 +561,12 @@ impl Syncer {
                     Some(Err(e)) => return self.failed(path, e),
                     None => return,
                 };
-                let lens: BTreeMap<Hash, u32> =
-                    target.chunks.iter().map(|c| (c.0, c.1)).collect();
-                let bytes = missing.iter().filter_map(|h| lens.get(h)).map(|&l| u64::from(l)).sum();
+                let lens: BTreeMap<Hash, u32> = target.chunks.iter().map(|c| (c.0, c.1)).collect();
+                let bytes = missing
+                    .iter()
+                    .filter_map(|h| lens.get(h))
+                    .map(|&l| u64::from(l))
+                    .sum();
                 let mut want = Vec::new();
                 for h in &missing {
                     let paths = self.waiting.entry(*h).or_default();
@@ -627,7 +634,11 @@ impl Syncer {
 
     /// Commits `path` once every chunk is in place.
     async fn try_commit(&mut self, path: &str) {
-        if !self.building.get(path).is_some_and(|b| b.missing.is_empty()) {
+        if !self
+            .building
+            .get(path)
+            .is_some_and(|b| b.missing.is_empty())
+        {
             return;
         }
         let Some(b) = self.building.remove(path) else {
@@ -718,7 +729,8 @@ impl Syncer {
         match target {
             Some(t) => self.apply(path, t, local, version).await,
             None => {
-                self.pending_removals.insert(path.to_owned(), (local, version));
+                self.pending_removals
+                    .insert(path.to_owned(), (local, version));
                 self.remove(path).await;
             }
         }

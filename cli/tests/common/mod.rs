@@ -217,7 +217,10 @@ pub fn wait_equal(a: &Path, b: &Path, timeout: Duration, what: &str) {
                         .map(|(k, v)| format!("  {k}: (absent) | {v}")),
                 )
                 .collect();
-            panic!("{what}: trees differ after {timeout:?}:\n{}", diff.join("\n"));
+            panic!(
+                "{what}: trees differ after {timeout:?}:\n{}",
+                diff.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
