@@ -178,6 +178,7 @@ pub async fn spawn_folder(
         stalled: BTreeSet::new(),
         pending_removals: BTreeMap::new(),
         rescan_soon: false,
+        replan: BTreeSet::new(),
         error: None,
         scanned: false,
     };
@@ -239,6 +240,8 @@ struct Syncer {
     pending_removals: BTreeMap<String, (Option<FileMeta>, VersionVector)>,
     /// The disk changed under a planned write: scan before going on.
     rescan_soon: bool,
+    /// Paths to plan again after that scan.
+    replan: BTreeSet<String>,
     error: Option<String>,
     scanned: bool,
 }
@@ -277,6 +280,8 @@ impl Syncer {
             self.process_dirty().await;
             if std::mem::take(&mut self.rescan_soon) {
                 scan_cost = self.scan().await;
+                let replan = std::mem::take(&mut self.replan);
+                self.dirty.extend(replan);
                 self.process_dirty().await;
             }
             self.publish().await;
@@ -402,16 +407,22 @@ impl Syncer {
             // A missing root or a full disk: change nothing until it is fixed.
             return;
         }
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut removals = Vec::new();
-        for path in dirty {
-            match self.step(&path).await {
-                Step::Done => {}
-                Step::RemoveLater => removals.push(path),
+        // Removing a child can make its deleted parent removable: a few rounds settle it.
+        for _ in 0..8 {
+            let dirty = std::mem::take(&mut self.dirty);
+            if dirty.is_empty() {
+                return;
             }
-        }
-        for path in removals.into_iter().rev() {
-            self.remove(&path).await;
+            let mut removals = Vec::new();
+            for path in dirty {
+                match self.step(&path).await {
+                    Step::Done => {}
+                    Step::RemoveLater => removals.push(path),
+                }
+            }
+            for path in removals.into_iter().rev() {
+                self.remove(&path).await;
+            }
         }
     }
 
@@ -484,7 +495,11 @@ impl Syncer {
     /// error state.
     fn failed(&mut self, path: &str, e: FolderError) {
         match e {
-            FolderError::LocalChange { .. } => self.rescan_soon = true,
+            FolderError::LocalChange { .. } => {
+                // Planned again after the rescan has recorded the local edit.
+                self.rescan_soon = true;
+                self.replan.insert(path.to_owned());
+            }
             other => {
                 eprintln!("cannot update {path}: {other}");
                 self.error = Some(other.to_string());
@@ -668,10 +683,23 @@ impl Syncer {
         let p = path.to_owned();
         let result = self
             .disk
-            .run(move |s| s.folder.remove(&p, expected.as_ref()))
+            .run(move |s| {
+                s.folder.remove(&p, expected.as_ref())?;
+                // A directory that still holds something stays.
+                s.folder.local(&p).map(|m| m.is_none())
+            })
             .await;
         match result {
-            Some(Ok(())) => self.set_version(path, version).await,
+            Some(Ok(true)) => {
+                self.set_version(path, version).await;
+                // A parent deleted earlier may have waited for this child to go.
+                if let Some((parent, _)) = path.rsplit_once('/') {
+                    self.dirty.insert(parent.to_owned());
+                }
+            }
+            // Kept, with its old version, so removing its last child plans it again. A
+            // directory holding ignored files stays for good, as it should.
+            Some(Ok(false)) => {}
             Some(Err(e)) => self.failed(path, e),
             None => {}
         }

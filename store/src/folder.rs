@@ -245,6 +245,19 @@ impl Stat {
     }
 }
 
+impl Stat {
+    /// Whether the quick check sees no change. A directory's mtime is left out: it moves
+    /// whenever an entry inside is added or removed, which those entries' own records say
+    /// (otherwise syncing a child would "change" its parent on both sides).
+    fn unchanged(&self, now: &Stat) -> bool {
+        if self.kind == FileKind::Dir && now.kind == FileKind::Dir {
+            self.ino == now.ino && self.mode == now.mode
+        } else {
+            self == now
+        }
+    }
+}
+
 /// One indexed path.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -648,7 +661,9 @@ impl Folder {
             (None, None) => true,
             (None, Some(_)) | (Some(_), None) => false,
             (Some(want), Some(_)) => match (self.entry(path)?, stat) {
-                (Some(entry), Some(stat)) => entry.stat == stat && same_state(&entry.meta, want),
+                (Some(entry), Some(stat)) => {
+                    entry.stat.unchanged(&stat) && same_state(&entry.meta, want)
+                }
                 _ => false,
             },
         };
@@ -1240,7 +1255,7 @@ impl Walk<'_> {
     fn entry(&mut self, abs: &Path, path: String, stat: Stat) -> Result<(), FolderError> {
         self.seen.insert(path.clone());
         let old = self.old.get(&path);
-        let unchanged = old.is_some_and(|o| o.stat == stat);
+        let unchanged = old.is_some_and(|o| o.stat.unchanged(&stat));
         if !unchanged {
             let meta = match stat.kind {
                 FileKind::Dir => Some(FileMeta {

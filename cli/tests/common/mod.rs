@@ -198,11 +198,27 @@ fn sha_of(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// Waits until the trees under `a` and `b` are equal; panics with both on timeout.
+/// Waits until the trees under `a` and `b` are equal; panics with the difference on timeout.
 pub fn wait_equal(a: &Path, b: &Path, timeout: Duration, what: &str) {
+    wait_equal_except(a, b, &[], timeout, what, &[]);
+}
+
+/// Like [`wait_equal`], leaving `except` (paths relative to the root) of `a` out, and
+/// printing the logs of `daemons` on timeout.
+pub fn wait_equal_except(
+    a: &Path,
+    b: &Path,
+    except: &[&str],
+    timeout: Duration,
+    what: &str,
+    daemons: &[&Daemon],
+) {
     let deadline = Instant::now() + timeout;
     loop {
-        let (ta, tb) = (tree(a), tree(b));
+        let (mut ta, tb) = (tree(a), tree(b));
+        for e in except {
+            ta.remove(*e);
+        }
         if ta == tb {
             return;
         }
@@ -217,9 +233,11 @@ pub fn wait_equal(a: &Path, b: &Path, timeout: Duration, what: &str) {
                         .map(|(k, v)| format!("  {k}: (absent) | {v}")),
                 )
                 .collect();
+            let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
             panic!(
-                "{what}: trees differ after {timeout:?}:\n{}",
-                diff.join("\n")
+                "{what}: trees differ after {timeout:?}:\n{}\nlogs:\n{}",
+                diff.join("\n"),
+                logs.join("\n----\n")
             );
         }
         std::thread::sleep(Duration::from_millis(100));
