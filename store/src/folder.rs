@@ -631,7 +631,8 @@ impl Folder {
     }
 
     /// Whether the path on disk is still what `expected` says (via the index's quick check).
-    /// `None` expects the path not to exist.
+    /// `None` expects the path not to exist; an expected directory is matched by any
+    /// directory (our own writes inside it move its mtime).
     fn matches_expected(
         &self,
         path: &str,
@@ -647,6 +648,10 @@ impl Folder {
         let ok = match (expected, &disk) {
             (None, None) => true,
             (None, Some(_)) | (Some(_), None) => false,
+            // A directory has no content to lose: any directory is the expected one.
+            (Some(want), Some(_)) if want.kind == FileKind::Dir => {
+                stat.is_some_and(|s| s.kind == FileKind::Dir)
+            }
             (Some(want), Some(_)) => match (self.entry(path)?, stat) {
                 (Some(entry), Some(stat)) => entry.stat == stat && same_state(&entry.meta, want),
                 _ => false,
@@ -1252,11 +1257,10 @@ impl Walk<'_> {
                     target: None,
                     conflict_of: None,
                 }),
-                FileKind::Symlink => match fs::read_link(abs)
+                FileKind::Symlink => fs::read_link(abs)
                     .ok()
                     .and_then(|t| t.into_os_string().into_string().ok())
-                {
-                    Some(target) => Some(FileMeta {
+                    .map(|target| FileMeta {
                         kind: FileKind::Symlink,
                         mode: stat.mode,
                         mtime_ns: stat.mtime_ns,
@@ -1265,8 +1269,6 @@ impl Walk<'_> {
                         target: Some(target),
                         conflict_of: None,
                     }),
-                    None => None,
-                },
                 FileKind::File => {
                     match self.hash_settled(abs, &path, stat)? {
                         Some((meta, now)) => self.record(&path, now, meta),
