@@ -50,6 +50,8 @@ const ENTRY_FORMAT: u8 = 1;
 const BUFFER: usize = 1 << 20;
 /// Where temp files live, below the root.
 const TMP_DIR: &str = "tmp";
+/// A temp file not staged for this long is abandoned and removed by the next scan.
+pub const TEMP_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// A change found by [`Folder::scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -715,8 +717,29 @@ impl Folder {
             }
         }
         self.update_index(&updates)?;
+        self.remove_abandoned_temp_files();
         changes.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(changes)
+    }
+
+    /// Removes temp files nobody staged for [`TEMP_MAX_AGE`] (a transfer abandoned because
+    /// the remote file changed again, or a crash between creating and renaming a symlink).
+    fn remove_abandoned_temp_files(&self) {
+        let Ok(dir) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for item in dir.flatten() {
+            let old = item
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > TEMP_MAX_AGE);
+            if old {
+                let _ = fs::remove_file(item.path());
+            }
+        }
     }
 
     /// The rules of `<root>/.clearskiesignore` (none if it is missing or unreadable).
@@ -857,6 +880,9 @@ impl Folder {
             .truncate(false)
             .open(temp)
             .map_err(io_err(temp))?;
+        // Touched so that the scan's clean-up of abandoned temp files leaves it alone.
+        file.set_times(FileTimes::new().set_modified(SystemTime::now()))
+            .map_err(io_err(temp))?;
         let existing = file.metadata().map_err(io_err(temp))?.len();
         if existing != meta.size {
             file.set_len(meta.size).map_err(io_err(temp))?;
@@ -944,7 +970,7 @@ impl Folder {
     /// Puts a complete staged file in place: fsyncs it, sets mode and mtime, checks that the
     /// path on disk is still `expected` (`None`: must not exist) and renames it over the path,
     /// then fsyncs the directory and indexes the file. On [`FolderError::LocalChange`] nothing
-    /// is replaced and the temp file is kept (stage again to resume).
+    /// is replaced and the temp file is removed (the caller decides anew after a rescan).
     pub fn commit(
         &mut self,
         staging: Staging,
@@ -959,7 +985,7 @@ impl Folder {
         }
         let temp = staging.temp.clone();
         let result = self.finish(staging, expected);
-        if let Err(FolderError::NoSpace { .. }) = &result {
+        if let Err(FolderError::NoSpace { .. } | FolderError::LocalChange { .. }) = &result {
             let _ = fs::remove_file(&temp);
         }
         result
