@@ -412,8 +412,18 @@ fn local_change_between_scan_and_commit_is_refused() {
         "{err}"
     );
     assert_eq!(fx.read("doc.txt"), b"version 2, local");
+    assert_eq!(
+        fs::read_dir(fx.root.join(".clearskies/tmp"))
+            .expect("tmp")
+            .count(),
+        0,
+        "the refused temp file is gone"
+    );
     // Expecting nothing where something exists is a local change too.
-    let staging = folder.stage("doc.txt", &remote).expect("stage");
+    let mut staging = folder.stage("doc.txt", &remote).expect("stage");
+    folder
+        .write_chunk(&mut staging, &hash, piece)
+        .expect("write");
     assert!(matches!(
         folder.commit(staging, None),
         Err(FolderError::LocalChange { .. })
@@ -682,4 +692,19 @@ fn full_disk_stops_cleanly() {
         "temp file removed"
     );
     assert!(!fx.root.join("big").exists());
+}
+
+#[test]
+fn scan_removes_abandoned_temp_files() {
+    let fx = fixture();
+    let mut folder = fx.open();
+    fx.write(".clearskies/tmp/old.part", b"abandoned");
+    fx.write(".clearskies/tmp/new.part", b"in progress");
+    set_mtime(
+        &fx.root.join(".clearskies/tmp/old.part"),
+        1_000_000_000_000_000_000,
+    );
+    assert_eq!(folder.scan().expect("scan"), vec![]);
+    assert!(!fx.root.join(".clearskies/tmp/old.part").exists());
+    assert!(fx.root.join(".clearskies/tmp/new.part").exists());
 }
