@@ -609,8 +609,10 @@ impl Folder {
     /// Opens an indexed file for reading without following symlinks anywhere below the root:
     /// `None` if it is gone, not a regular file, or was swapped while opening.
     fn open_plain(&self, path: &str) -> Result<Option<(File, Stat)>, FolderError> {
-        if !self.check_parents(path)? {
-            return Ok(None);
+        match self.check_parents(path) {
+            Ok(true) => {}
+            Ok(false) | Err(FolderError::UnsafePath { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         }
         let abs = self.abs(path);
         let before = match fs::symlink_metadata(&abs) {
@@ -619,10 +621,9 @@ impl Folder {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&abs)(e)),
         };
-        let file = match File::open(&abs) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&abs)(e)),
+        // Unreadable (permissions, IO errors): not usable now, kept as indexed.
+        let Ok(file) = File::open(&abs) else {
+            return Ok(None);
         };
         let opened = file.metadata().map_err(io_err(&abs))?;
         // Swapped for a symlink (or another file) between the check and the open.
@@ -773,7 +774,8 @@ impl Folder {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(&abs)(e)),
+                // Unreadable now: keep the indexed state until a later scan.
+                Err(_) => return Ok(None),
             };
             total += n as u64;
             let mut rest = &buffer[..n];

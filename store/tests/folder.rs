@@ -708,3 +708,31 @@ fn scan_removes_abandoned_temp_files() {
     assert!(!fx.root.join(".clearskies/tmp/old.part").exists());
     assert!(fx.root.join(".clearskies/tmp/new.part").exists());
 }
+
+#[test]
+fn chunks_are_not_served_through_a_parent_swapped_for_a_symlink() {
+    let fx = fixture();
+    fx.write("d/f", b"same bytes");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let hash: [u8; 32] = Sha256::digest(b"same bytes").into();
+    assert!(folder.read_chunk(&hash, 0, 10).expect("read").is_some());
+    // `d` becomes a link to an outside folder holding a file of the same name and content.
+    let outside = fx.root.parent().expect("parent").join("elsewhere");
+    fs::create_dir(&outside).expect("mkdir");
+    fs::write(outside.join("f"), b"same bytes").expect("write");
+    fs::remove_dir_all(fx.root.join("d")).expect("rm");
+    symlink(&outside, fx.root.join("d")).expect("symlink");
+    assert_eq!(folder.read_chunk(&hash, 0, 10).expect("read"), None);
+    let meta = file_meta(b"same bytes", 0o644, 0);
+    let staging = folder.stage("copy", &meta).expect("stage");
+    assert!(!staging.is_complete(), "not copied from outside either");
+    // The scan sees a symlink where the directory was.
+    let changes = folder.scan().expect("scan");
+    assert_eq!(paths(&changes), ["d", "d/f"]);
+    assert_eq!(
+        change(&changes, "d").meta.as_ref().expect("d").kind,
+        FileKind::Symlink
+    );
+    assert_eq!(change(&changes, "d/f").meta, None);
+}
