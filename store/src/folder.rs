@@ -1013,9 +1013,19 @@ impl Folder {
 
         self.create_parents(&path)?;
         let abs = self.abs(&path);
-        let (ok, _) = self.matches_expected(&path, &abs, expected)?;
+        let (ok, current) = self.matches_expected(&path, &abs, expected)?;
         if !ok {
             return Err(FolderError::LocalChange { path });
+        }
+        if current.is_some_and(|s| s.kind == FileKind::Dir) {
+            // A directory replaced by a file: only if nothing is left in it.
+            fs::remove_dir(&abs).map_err(|e| {
+                if e.kind() == ErrorKind::DirectoryNotEmpty {
+                    FolderError::LocalChange { path: path.clone() }
+                } else {
+                    io_err(&abs)(e)
+                }
+            })?;
         }
         fs::rename(&temp, &abs).map_err(io_err(&abs))?;
         self.sync_parent(&abs)?;

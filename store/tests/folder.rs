@@ -736,3 +736,29 @@ fn chunks_are_not_served_through_a_parent_swapped_for_a_symlink() {
     );
     assert_eq!(change(&changes, "d/f").meta, None);
 }
+
+#[test]
+fn a_file_replaces_an_empty_directory_but_not_a_full_one() {
+    let fx = fixture();
+    fs::create_dir_all(fx.root.join("empty")).expect("mkdir");
+    fx.write("full/keep", b"user data");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let meta = file_meta(b"now a file", 0o644, 0);
+    let (piece, hash) = chunk_data(b"now a file", &meta)[0];
+    for (path, ok) in [("empty", true), ("full", false)] {
+        let expected = folder.local(path).expect("local");
+        let mut staging = folder.stage(path, &meta).expect("stage");
+        folder
+            .write_chunk(&mut staging, &hash, piece)
+            .expect("write");
+        let result = folder.commit(staging, expected.as_ref());
+        if ok {
+            result.expect("commit");
+            assert_eq!(fx.read(path), b"now a file");
+        } else {
+            assert!(matches!(result, Err(FolderError::LocalChange { .. })));
+            assert_eq!(fx.read("full/keep"), b"user data");
+        }
+    }
+}
