@@ -101,7 +101,7 @@ def chunking():
         assert at == len(data)
         entry = {
             "name": name,
-            "description": description,
+            "meaning": description,
             "seed": seed,
             "len": length,
             "class": k,
@@ -277,7 +277,7 @@ def paths():
     validate_cases = []
     for path, description in inputs:
         error = validate(path)
-        entry = {"path": path, "description": description, "error": error}
+        entry = {"path": path, "meaning": description, "error": error}
         if error is None:
             entry["windows_problem"] = windows_problem(path)
             entry["case_fold_key"] = "".join(c.lower() for c in path)

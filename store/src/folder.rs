@@ -50,6 +50,8 @@ const ENTRY_FORMAT: u8 = 1;
 const BUFFER: usize = 1 << 20;
 /// Where temp files live, below the root.
 const TMP_DIR: &str = "tmp";
+/// A temp file not staged for this long is abandoned and removed by the next scan.
+pub const TEMP_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// A change found by [`Folder::scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -620,8 +622,10 @@ impl Folder {
     /// Opens an indexed file for reading without following symlinks anywhere below the root:
     /// `None` if it is gone, not a regular file, or was swapped while opening.
     fn open_plain(&self, path: &str) -> Result<Option<(File, Stat)>, FolderError> {
-        if !self.check_parents(path)? {
-            return Ok(None);
+        match self.check_parents(path) {
+            Ok(true) => {}
+            Ok(false) | Err(FolderError::UnsafePath { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         }
         let abs = self.abs(path);
         let before = match fs::symlink_metadata(&abs) {
@@ -630,10 +634,9 @@ impl Folder {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&abs)(e)),
         };
-        let file = match File::open(&abs) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&abs)(e)),
+        // Unreadable (permissions, IO errors): not usable now, kept as indexed.
+        let Ok(file) = File::open(&abs) else {
+            return Ok(None);
         };
         let opened = file.metadata().map_err(io_err(&abs))?;
         // Swapped for a symlink (or another file) between the check and the open.
@@ -644,7 +647,8 @@ impl Folder {
     }
 
     /// Whether the path on disk is still what `expected` says (via the index's quick check).
-    /// `None` expects the path not to exist.
+    /// `None` expects the path not to exist; an expected directory is matched by any
+    /// directory (our own writes inside it move its mtime).
     fn matches_expected(
         &self,
         path: &str,
@@ -660,6 +664,10 @@ impl Folder {
         let ok = match (expected, &disk) {
             (None, None) => true,
             (None, Some(_)) | (Some(_), None) => false,
+            // A directory has no content to lose: any directory is the expected one.
+            (Some(want), Some(_)) if want.kind == FileKind::Dir => {
+                stat.is_some_and(|s| s.kind == FileKind::Dir)
+            }
             (Some(want), Some(_)) => match (self.entry(path)?, stat) {
                 (Some(entry), Some(stat)) => {
                     entry.stat.unchanged(&stat) && same_state(&entry.meta, want)
@@ -725,8 +733,29 @@ impl Folder {
             }
         }
         self.update_index(&updates)?;
+        self.remove_abandoned_temp_files();
         changes.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(changes)
+    }
+
+    /// Removes temp files nobody staged for [`TEMP_MAX_AGE`] (a transfer abandoned because
+    /// the remote file changed again, or a crash between creating and renaming a symlink).
+    fn remove_abandoned_temp_files(&self) {
+        let Ok(dir) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for item in dir.flatten() {
+            let old = item
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > TEMP_MAX_AGE);
+            if old {
+                let _ = fs::remove_file(item.path());
+            }
+        }
     }
 
     /// The rules of `<root>/.clearskiesignore` (none if it is missing or unreadable).
@@ -760,7 +789,8 @@ impl Folder {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(&abs)(e)),
+                // Unreadable now: keep the indexed state until a later scan.
+                Err(_) => return Ok(None),
             };
             total += n as u64;
             let mut rest = &buffer[..n];
@@ -867,6 +897,9 @@ impl Folder {
             .truncate(false)
             .open(temp)
             .map_err(io_err(temp))?;
+        // Touched so that the scan's clean-up of abandoned temp files leaves it alone.
+        file.set_times(FileTimes::new().set_modified(SystemTime::now()))
+            .map_err(io_err(temp))?;
         let existing = file.metadata().map_err(io_err(temp))?.len();
         if existing != meta.size {
             file.set_len(meta.size).map_err(io_err(temp))?;
@@ -954,7 +987,7 @@ impl Folder {
     /// Puts a complete staged file in place: fsyncs it, sets mode and mtime, checks that the
     /// path on disk is still `expected` (`None`: must not exist) and renames it over the path,
     /// then fsyncs the directory and indexes the file. On [`FolderError::LocalChange`] nothing
-    /// is replaced and the temp file is kept (stage again to resume).
+    /// is replaced and the temp file is removed (the caller decides anew after a rescan).
     pub fn commit(
         &mut self,
         staging: Staging,
@@ -969,7 +1002,7 @@ impl Folder {
         }
         let temp = staging.temp.clone();
         let result = self.finish(staging, expected);
-        if let Err(FolderError::NoSpace { .. }) = &result {
+        if let Err(FolderError::NoSpace { .. } | FolderError::LocalChange { .. }) = &result {
             let _ = fs::remove_file(&temp);
         }
         result
@@ -995,9 +1028,19 @@ impl Folder {
 
         self.create_parents(&path)?;
         let abs = self.abs(&path);
-        let (ok, _) = self.matches_expected(&path, &abs, expected)?;
+        let (ok, current) = self.matches_expected(&path, &abs, expected)?;
         if !ok {
             return Err(FolderError::LocalChange { path });
+        }
+        if current.is_some_and(|s| s.kind == FileKind::Dir) {
+            // A directory replaced by a file: only if nothing is left in it.
+            fs::remove_dir(&abs).map_err(|e| {
+                if e.kind() == ErrorKind::DirectoryNotEmpty {
+                    FolderError::LocalChange { path: path.clone() }
+                } else {
+                    io_err(&abs)(e)
+                }
+            })?;
         }
         fs::rename(&temp, &abs).map_err(io_err(&abs))?;
         self.sync_parent(&abs)?;
@@ -1267,11 +1310,10 @@ impl Walk<'_> {
                     target: None,
                     conflict_of: None,
                 }),
-                FileKind::Symlink => match fs::read_link(abs)
+                FileKind::Symlink => fs::read_link(abs)
                     .ok()
                     .and_then(|t| t.into_os_string().into_string().ok())
-                {
-                    Some(target) => Some(FileMeta {
+                    .map(|target| FileMeta {
                         kind: FileKind::Symlink,
                         mode: stat.mode,
                         mtime_ns: stat.mtime_ns,
@@ -1280,8 +1322,6 @@ impl Walk<'_> {
                         target: Some(target),
                         conflict_of: None,
                     }),
-                    None => None,
-                },
                 FileKind::File => {
                     match self.hash_settled(abs, &path, stat)? {
                         Some((meta, now)) => self.record(&path, now, meta),

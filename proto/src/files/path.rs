@@ -254,7 +254,8 @@ mod tests {
     #[test]
     fn civil_time_matches_day_by_day_count() {
         // Walk day by day from 1970 for 500 years with the month-length rule.
-        let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let leap =
+            |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
         let (mut y, mut m, mut d) = (1970u64, 1u32, 1u32);
         for day in 0..(500 * 366u64) {
             assert_eq!(

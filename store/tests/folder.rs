@@ -1,0 +1,764 @@
+//! The folder executor on real files (`spec/files.md` § Local state, § Applying).
+
+use std::fs::{self, File, FileTimes};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use clearskies_proto::files::chunker::{chunk_lengths, class_for};
+use clearskies_proto::files::{ChunkRef, FileKind, FileMeta};
+use clearskies_store::{Folder, FolderError, LocalChange};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// A share folder and its index, both in one temp dir (the index outside the folder).
+struct Fixture {
+    _dir: TempDir,
+    root: PathBuf,
+    index: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("share");
+    fs::create_dir(&root).expect("mkdir");
+    let index = dir.path().join("index.redb");
+    Fixture {
+        _dir: dir,
+        root,
+        index,
+    }
+}
+
+impl Fixture {
+    fn open(&self) -> Folder {
+        Folder::open(&self.root, &self.index).expect("open")
+    }
+
+    fn write(&self, path: &str, data: &[u8]) {
+        let p = self.root.join(path);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(p, data).expect("write");
+    }
+
+    fn read(&self, path: &str) -> Vec<u8> {
+        fs::read(self.root.join(path)).expect("read")
+    }
+}
+
+/// Pseudo-random bytes (xorshift), enough for several chunks.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The metadata a peer would send for `data`.
+fn file_meta(data: &[u8], mode: u32, mtime_ns: i64) -> FileMeta {
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    for len in chunk_lengths(data, class_for(data.len() as u64)) {
+        let piece = &data[at..at + len as usize];
+        chunks.push(ChunkRef(Sha256::digest(piece).into(), len));
+        at += len as usize;
+    }
+    FileMeta {
+        kind: FileKind::File,
+        mode,
+        mtime_ns,
+        size: data.len() as u64,
+        chunks,
+        target: None,
+        conflict_of: None,
+    }
+}
+
+fn chunk_data<'a>(data: &'a [u8], meta: &FileMeta) -> Vec<(&'a [u8], [u8; 32])> {
+    let mut at = 0;
+    meta.chunks
+        .iter()
+        .map(|c| {
+            let piece = &data[at..at + c.len() as usize];
+            at += c.len() as usize;
+            (piece, *c.hash())
+        })
+        .collect()
+}
+
+fn change<'a>(changes: &'a [LocalChange], path: &str) -> &'a LocalChange {
+    changes
+        .iter()
+        .find(|c| c.path == path)
+        .unwrap_or_else(|| panic!("no change for {path} in {changes:?}"))
+}
+
+fn paths(changes: &[LocalChange]) -> Vec<&str> {
+    changes.iter().map(|c| c.path.as_str()).collect()
+}
+
+fn set_mtime(path: &Path, ns: i64) {
+    let t = UNIX_EPOCH + Duration::from_nanos(ns as u64);
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_times(FileTimes::new().set_modified(t)))
+        .expect("set mtime");
+}
+
+#[test]
+fn scan_reports_files_dirs_and_symlinks() {
+    let fx = fixture();
+    let big = noise(1, 300_000);
+    fx.write("a.txt", b"hello");
+    fx.write("empty", b"");
+    fx.write("nested/deeper/big.bin", &big);
+    fx.write("ro.txt", b"read only");
+    fs::set_permissions(fx.root.join("ro.txt"), fs::Permissions::from_mode(0o400)).expect("chmod");
+    set_mtime(&fx.root.join("a.txt"), 1_600_000_000_123_456_789);
+    fs::create_dir(fx.root.join("empty-dir")).expect("mkdir");
+    symlink("../../outside/target", fx.root.join("link")).expect("symlink");
+    let mut folder = fx.open();
+    let changes = folder.scan().expect("scan");
+    assert_eq!(
+        paths(&changes),
+        [
+            "a.txt",
+            "empty",
+            "empty-dir",
+            "link",
+            "nested",
+            "nested/deeper",
+            "nested/deeper/big.bin",
+            "ro.txt"
+        ]
+    );
+    let a = change(&changes, "a.txt").meta.clone().expect("present");
+    assert_eq!(a.kind, FileKind::File);
+    assert_eq!(a.size, 5);
+    assert_eq!(a.mtime_ns, 1_600_000_000_123_456_789);
+    assert_eq!(a.chunks, vec![ChunkRef(Sha256::digest(b"hello").into(), 5)]);
+    let empty = change(&changes, "empty").meta.clone().expect("present");
+    assert_eq!((empty.size, empty.chunks.len()), (0, 0));
+    let ro = change(&changes, "ro.txt").meta.clone().expect("present");
+    assert_eq!(ro.mode, 0o400);
+    let dir = change(&changes, "empty-dir").meta.clone().expect("present");
+    assert_eq!((dir.kind, dir.size), (FileKind::Dir, 0));
+    let link = change(&changes, "link").meta.clone().expect("present");
+    assert_eq!(link.kind, FileKind::Symlink);
+    assert_eq!(link.target.as_deref(), Some("../../outside/target"));
+    let big_meta = change(&changes, "nested/deeper/big.bin")
+        .meta
+        .clone()
+        .expect("present");
+    assert_eq!(big_meta, file_meta(&big, big_meta.mode, big_meta.mtime_ns));
+    assert!(big_meta.chunks.len() > 1);
+    for meta in changes.iter().filter_map(|c| c.meta.as_ref()) {
+        assert_eq!(meta.check(), Ok(()));
+    }
+    assert_eq!(folder.local("a.txt").expect("local"), Some(a));
+    // The chunk index answers for every chunk, and the pieces are right.
+    for (piece, hash) in chunk_data(&big, &big_meta) {
+        assert!(folder.has_chunk(&hash).expect("has"));
+        let got = folder
+            .read_chunk(&hash, 0, piece.len() as u32)
+            .expect("read");
+        assert_eq!(got.as_deref(), Some(piece));
+        let got = folder.read_chunk(&hash, 10, 100).expect("read piece");
+        assert_eq!(got.as_deref(), Some(&piece[10..110]));
+        assert_eq!(
+            folder
+                .read_chunk(&hash, piece.len() as u32 - 1, 2)
+                .expect("read"),
+            None
+        );
+    }
+}
+
+#[test]
+fn rescan_reports_only_changes() {
+    let fx = fixture();
+    fx.write("a", b"one");
+    fx.write("b", b"two");
+    fx.write("d/c", b"three");
+    let mut folder = fx.open();
+    assert_eq!(folder.scan().expect("scan").len(), 4);
+    assert_eq!(folder.scan().expect("rescan"), vec![]);
+
+    fx.write("a", b"one, changed");
+    fs::remove_file(fx.root.join("b")).expect("rm");
+    let changes = folder.scan().expect("scan");
+    assert_eq!(paths(&changes), ["a", "b"]);
+    let a = change(&changes, "a").meta.as_ref().expect("present");
+    assert_eq!(
+        a.chunks,
+        vec![ChunkRef(Sha256::digest(b"one, changed").into(), 12)]
+    );
+    assert_eq!(change(&changes, "b").meta, None);
+    assert_eq!(folder.local("b").expect("local"), None);
+
+    // A mode change alone is a change; a new inode with the same state is not.
+    fs::set_permissions(fx.root.join("a"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    let changes = folder.scan().expect("scan");
+    assert_eq!(paths(&changes), ["a"]);
+    assert_eq!(change(&changes, "a").meta.as_ref().expect("a").mode, 0o600);
+    let m = fs::metadata(fx.root.join("d/c")).expect("stat");
+    fs::copy(fx.root.join("d/c"), fx.root.join("copy")).expect("copy");
+    fs::rename(fx.root.join("copy"), fx.root.join("d/c")).expect("replace");
+    set_mtime(
+        &fx.root.join("d/c"),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+    );
+    fs::set_permissions(
+        fx.root.join("d/c"),
+        fs::Permissions::from_mode(m.mode() & 0o7777),
+    )
+    .expect("chmod");
+    let changes = folder.scan().expect("scan");
+    // The directory's mtime changed (an entry was renamed into it); the file did not.
+    assert_eq!(paths(&changes), ["d"]);
+    assert_eq!(folder.scan().expect("scan"), vec![]);
+}
+
+#[test]
+fn rename_is_delete_plus_create_with_same_chunks() {
+    let fx = fixture();
+    let data = noise(2, 200_000);
+    fx.write("old.bin", &data);
+    let mut folder = fx.open();
+    let first = folder.scan().expect("scan");
+    let old = change(&first, "old.bin").meta.clone().expect("present");
+    fs::rename(fx.root.join("old.bin"), fx.root.join("new.bin")).expect("mv");
+    let changes = folder.scan().expect("scan");
+    assert_eq!(paths(&changes), ["new.bin", "old.bin"]);
+    assert_eq!(change(&changes, "old.bin").meta, None);
+    let new = change(&changes, "new.bin").meta.clone().expect("present");
+    assert_eq!(new.chunks, old.chunks);
+    // The chunks are now served from the new name.
+    for c in &new.chunks {
+        assert!(folder.read_chunk(c.hash(), 0, 1).expect("read").is_some());
+    }
+}
+
+#[test]
+fn ignore_file_is_honoured_and_synced() {
+    let fx = fixture();
+    fx.write(".clearskiesignore", b"*.tmp\nbuild/\n!keep.tmp\n");
+    fx.write("a.tmp", b"x");
+    fx.write("keep.tmp", b"x");
+    fx.write("build/out.o", b"x");
+    fx.write("src/main.rs", b"fn main() {}");
+    fx.write("src/scratch.tmp", b"x");
+    let mut folder = fx.open();
+    fx.write(".clearskies/tmp/leftover.part", b"never synced");
+    let changes = folder.scan().expect("scan");
+    assert_eq!(
+        paths(&changes),
+        [".clearskiesignore", "keep.tmp", "src", "src/main.rs"]
+    );
+    // Ignoring a path that was synced forgets it without reporting a deletion.
+    fx.write(".clearskiesignore", b"*.tmp\nbuild/\n!keep.tmp\nsrc/\n");
+    let changes = folder.scan().expect("scan");
+    assert_eq!(paths(&changes), [".clearskiesignore"]);
+    assert_eq!(folder.local("src/main.rs").expect("local"), None);
+}
+
+#[test]
+fn stage_and_commit_from_local_chunks_only() {
+    let fx = fixture();
+    let data = noise(3, 250_000);
+    fx.write("src.bin", &data);
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let meta = file_meta(&data, 0o640, 1_500_000_000_987_654_321);
+    let staging = folder.stage("copies/dst.bin", &meta).expect("stage");
+    assert!(staging.is_complete(), "every chunk is local");
+    assert_eq!(staging.missing().count(), 0);
+    folder.commit(staging, None).expect("commit");
+    assert_eq!(fx.read("copies/dst.bin"), data);
+    let m = fs::metadata(fx.root.join("copies/dst.bin")).expect("stat");
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    assert_eq!(
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        1_500_000_000_987_654_321
+    );
+    assert_eq!(folder.local("copies/dst.bin").expect("local"), Some(meta));
+    // What was applied is not reported back as a local change; the new parent is.
+    assert_eq!(paths(&folder.scan().expect("scan")), ["copies"]);
+    assert_eq!(
+        fs::read_dir(fx.root.join(".clearskies/tmp"))
+            .expect("tmp")
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn stage_and_commit_from_written_chunks_with_repeats() {
+    let fx = fixture();
+    // Constant bytes cut at the maximum chunk length: the same chunk at several offsets.
+    let data = [vec![7u8; 600_000].as_slice(), &noise(5, 150_000)].concat();
+    let meta = file_meta(&data, 0o755, 1_234_567_890_000_000_001);
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let mut staging = folder.stage("x/run.sh", &meta).expect("stage");
+    let distinct: std::collections::BTreeSet<_> = meta.chunks.iter().map(|c| *c.hash()).collect();
+    assert_eq!(staging.missing().count(), distinct.len());
+    assert!(distinct.len() < meta.chunks.len(), "repeats dedupe");
+    assert!(matches!(
+        folder.write_chunk(&mut staging, &meta.chunks[0].0, b"wrong"),
+        Err(FolderError::BadMeta { .. })
+    ));
+    for (piece, hash) in chunk_data(&data, &meta) {
+        folder
+            .write_chunk(&mut staging, &hash, piece)
+            .expect("write");
+    }
+    assert!(staging.is_complete());
+    folder.commit(staging, None).expect("commit");
+    assert_eq!(fx.read("x/run.sh"), data);
+    let m = fs::metadata(fx.root.join("x/run.sh")).expect("stat");
+    assert_eq!(m.mode() & 0o7777, 0o755);
+    assert_eq!(
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        1_234_567_890_000_000_001
+    );
+
+    // Replacing it with new content, expecting what was indexed.
+    let data2 = noise(6, 10_000);
+    let meta2 = file_meta(&data2, 0o644, 1_700_000_000_000_000_000);
+    let mut staging = folder.stage("x/run.sh", &meta2).expect("stage");
+    for (piece, hash) in chunk_data(&data2, &meta2) {
+        folder
+            .write_chunk(&mut staging, &hash, piece)
+            .expect("write");
+    }
+    folder.commit(staging, Some(&meta)).expect("commit over");
+    assert_eq!(fx.read("x/run.sh"), data2);
+}
+
+#[test]
+fn empty_file_commits() {
+    let fx = fixture();
+    let mut folder = fx.open();
+    let meta = file_meta(b"", 0o600, 0);
+    let staging = folder.stage("e", &meta).expect("stage");
+    assert!(staging.is_complete());
+    folder.commit(staging, None).expect("commit");
+    assert_eq!(fx.read("e"), b"");
+    assert_eq!(folder.local("e").expect("local"), Some(meta));
+}
+
+#[test]
+fn restart_resumes_a_partly_written_temp_file() {
+    let fx = fixture();
+    let data = noise(7, 400_000);
+    let meta = file_meta(&data, 0o644, 1_000_000_000);
+    assert!(meta.chunks.len() >= 3);
+    let pieces = chunk_data(&data, &meta);
+    {
+        let mut folder = fx.open();
+        let mut staging = folder.stage("f.bin", &meta).expect("stage");
+        folder
+            .write_chunk(&mut staging, &pieces[0].1, pieces[0].0)
+            .expect("write");
+        folder
+            .write_chunk(&mut staging, &pieces[2].1, pieces[2].0)
+            .expect("write");
+        // Crash: the staging and the folder are dropped without a commit.
+    }
+    let mut folder = fx.open();
+    let mut staging = folder.stage("f.bin", &meta).expect("stage again");
+    let missing: Vec<[u8; 32]> = staging.missing().copied().collect();
+    assert_eq!(missing.len(), meta.chunks.len() - 2);
+    assert!(!missing.contains(&pieces[0].1) && !missing.contains(&pieces[2].1));
+    for (piece, hash) in &pieces {
+        if missing.contains(hash) {
+            folder
+                .write_chunk(&mut staging, hash, piece)
+                .expect("write");
+        }
+    }
+    folder.commit(staging, None).expect("commit");
+    assert_eq!(fx.read("f.bin"), data);
+}
+
+#[test]
+fn local_change_between_scan_and_commit_is_refused() {
+    let fx = fixture();
+    fx.write("doc.txt", b"version 1");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let indexed = folder.local("doc.txt").expect("local").expect("indexed");
+    // The user edits the file after the scan; a remote version arrives.
+    fx.write("doc.txt", b"version 2, local");
+    let remote = file_meta(b"remote", 0o644, 5);
+    let mut staging = folder.stage("doc.txt", &remote).expect("stage");
+    let (piece, hash) = chunk_data(b"remote", &remote)[0];
+    folder
+        .write_chunk(&mut staging, &hash, piece)
+        .expect("write");
+    let err = folder
+        .commit(staging, Some(&indexed))
+        .expect_err("local change");
+    assert!(
+        matches!(err, FolderError::LocalChange { ref path } if path == "doc.txt"),
+        "{err}"
+    );
+    assert_eq!(fx.read("doc.txt"), b"version 2, local");
+    assert_eq!(
+        fs::read_dir(fx.root.join(".clearskies/tmp"))
+            .expect("tmp")
+            .count(),
+        0,
+        "the refused temp file is gone"
+    );
+    // Expecting nothing where something exists is a local change too.
+    let mut staging = folder.stage("doc.txt", &remote).expect("stage");
+    folder
+        .write_chunk(&mut staging, &hash, piece)
+        .expect("write");
+    assert!(matches!(
+        folder.commit(staging, None),
+        Err(FolderError::LocalChange { .. })
+    ));
+    // And for the other operations.
+    assert!(matches!(
+        folder.remove("doc.txt", Some(&indexed)),
+        Err(FolderError::LocalChange { .. })
+    ));
+    let dir = FileMeta {
+        kind: FileKind::Dir,
+        mode: 0o755,
+        mtime_ns: 0,
+        size: 0,
+        chunks: vec![],
+        target: None,
+        conflict_of: None,
+    };
+    assert!(matches!(
+        folder.apply_dir("doc.txt", &dir, Some(&indexed)),
+        Err(FolderError::LocalChange { .. })
+    ));
+    assert_eq!(fx.read("doc.txt"), b"version 2, local");
+}
+
+#[test]
+fn traversal_paths_are_refused() {
+    let fx = fixture();
+    let mut folder = fx.open();
+    let meta = file_meta(b"evil", 0o644, 0);
+    for path in [
+        "../x",
+        "/etc/x",
+        "a/../../x",
+        ".clearskies/tmp/x",
+        "a//b",
+        "",
+    ] {
+        let err = folder.stage(path, &meta).expect_err(path);
+        assert!(
+            matches!(err, FolderError::UnsafePath { .. }),
+            "{path}: {err}"
+        );
+        assert!(matches!(
+            folder.remove(path, None),
+            Err(FolderError::UnsafePath { .. })
+        ));
+    }
+    assert!(!fx.root.parent().expect("parent").join("x").exists());
+}
+
+#[test]
+fn a_symlinked_parent_is_never_written_through() {
+    let fx = fixture();
+    let outside = fx.root.parent().expect("parent").join("outside");
+    fs::create_dir(&outside).expect("mkdir");
+    fs::write(outside.join("victim"), b"keep me").expect("write");
+    symlink(&outside, fx.root.join("link")).expect("symlink");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+
+    let meta = file_meta(b"evil", 0o644, 0);
+    let err = folder.stage("link/new", &meta).expect_err("stage");
+    assert!(matches!(err, FolderError::UnsafePath { .. }), "{err}");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    let dir = FileMeta {
+        kind: FileKind::Dir,
+        mode: 0o755,
+        mtime_ns: 0,
+        size: 0,
+        chunks: vec![],
+        target: None,
+        conflict_of: None,
+    };
+    assert!(matches!(
+        folder.apply_dir("link/d", &dir, None),
+        Err(FolderError::UnsafePath { .. })
+    ));
+    assert!(matches!(
+        folder.remove("link/victim", None),
+        Err(FolderError::UnsafePath { .. })
+    ));
+    // The parent turns into a symlink between stage and commit.
+    fs::create_dir(fx.root.join("real")).expect("mkdir");
+    let mut staging = folder.stage("real/new", &meta).expect("stage");
+    let (piece, hash) = chunk_data(b"evil", &meta)[0];
+    folder
+        .write_chunk(&mut staging, &hash, piece)
+        .expect("write");
+    fs::remove_dir(fx.root.join("real")).expect("rmdir");
+    symlink(&outside, fx.root.join("real")).expect("symlink");
+    assert!(matches!(
+        folder.commit(staging, None),
+        Err(FolderError::UnsafePath { .. })
+    ));
+    assert_eq!(fs::read(outside.join("victim")).expect("read"), b"keep me");
+    assert_eq!(fs::read_dir(&outside).expect("ls").count(), 1);
+    // Reading never follows it either: the outside file's chunk is not served.
+    fs::write(outside.join("secret"), b"secret").expect("write");
+    assert_eq!(
+        folder
+            .read_chunk(&Sha256::digest(b"secret").into(), 0, 6)
+            .expect("read"),
+        None
+    );
+}
+
+#[test]
+fn read_chunk_verifies_the_disk() {
+    let fx = fixture();
+    fx.write("f", b"original content");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let hash: [u8; 32] = Sha256::digest(b"original content").into();
+    assert!(folder.read_chunk(&hash, 0, 16).expect("read").is_some());
+    // Changed behind the index's back (same size): no longer served.
+    fx.write("f", b"modified content");
+    assert_eq!(folder.read_chunk(&hash, 0, 16).expect("read"), None);
+}
+
+#[test]
+fn dirs_symlinks_and_removal() {
+    let fx = fixture();
+    let mut folder = fx.open();
+    let dir = FileMeta {
+        kind: FileKind::Dir,
+        mode: 0o750,
+        mtime_ns: 1_111_111_111_222_222_222,
+        size: 0,
+        chunks: vec![],
+        target: None,
+        conflict_of: None,
+    };
+    folder.apply_dir("a/b", &dir, None).expect("dir");
+    let m = fs::symlink_metadata(fx.root.join("a/b")).expect("stat");
+    assert!(m.is_dir());
+    assert_eq!(m.mode() & 0o7777, 0o750);
+    assert_eq!(
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        1_111_111_111_222_222_222
+    );
+    // Applying it again over the existing directory is fine.
+    folder.apply_dir("a/b", &dir, Some(&dir)).expect("again");
+
+    let target = "../../../outside/on/purpose";
+    let link = FileMeta {
+        kind: FileKind::Symlink,
+        mode: 0o777,
+        mtime_ns: 0,
+        size: target.len() as u64,
+        chunks: vec![],
+        target: Some(target.into()),
+        conflict_of: None,
+    };
+    folder.apply_symlink("a/b/l", &link, None).expect("symlink");
+    assert_eq!(
+        fs::read_link(fx.root.join("a/b/l")).expect("readlink"),
+        Path::new(target)
+    );
+    let changes = folder.scan().expect("scan");
+    // Only what we did not apply ourselves: "a" (created as a parent), and a/b whose mtime
+    // moved when the link was made inside it.
+    assert_eq!(paths(&changes), ["a", "a/b"]);
+
+    // A directory that still holds an ignored file is left in place.
+    fx.write(".clearskiesignore", b"*.o\n");
+    fx.write("a/b/x.o", b"object");
+    folder.scan().expect("scan");
+    let indexed_link = folder.local("a/b/l").expect("local");
+    folder
+        .remove("a/b/l", indexed_link.as_ref())
+        .expect("rm link");
+    assert!(fs::symlink_metadata(fx.root.join("a/b/l")).is_err());
+    let indexed_dir = folder.local("a/b").expect("local");
+    folder
+        .remove("a/b", indexed_dir.as_ref())
+        .expect("rm dir kept");
+    assert!(fx.root.join("a/b/x.o").exists());
+    assert_eq!(folder.scan().expect("scan"), vec![]);
+    fs::remove_file(fx.root.join("a/b/x.o")).expect("rm");
+    let indexed_dir = folder.local("a/b").expect("local");
+    folder.remove("a/b", indexed_dir.as_ref()).expect("rm dir");
+    assert!(!fx.root.join("a/b").exists());
+    // Removing what is already gone is fine.
+    folder.remove("a/b", None).expect("gone");
+}
+
+#[test]
+fn missing_root_never_reports_deletions() {
+    let fx = fixture();
+    fx.write("a", b"1");
+    assert!(matches!(
+        Folder::open(&fx.root.join("nope"), &fx.index),
+        Err(FolderError::RootMissing { .. })
+    ));
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    fs::remove_dir_all(&fx.root).expect("rm root");
+    let err = folder.scan().expect_err("root missing");
+    assert!(matches!(err, FolderError::RootMissing { .. }), "{err}");
+    assert!(err.to_string().contains("nothing is deleted"), "{err}");
+    assert!(folder.local("a").expect("local").is_some());
+    let meta = file_meta(b"x", 0o644, 0);
+    assert!(matches!(
+        folder.stage("b", &meta),
+        Err(FolderError::RootMissing { .. })
+    ));
+
+    // An empty folder where an indexed one was (an unmounted mount point).
+    fs::create_dir(&fx.root).expect("mkdir");
+    drop(folder);
+    let mut folder = fx.open();
+    let err = folder.scan().expect_err("marker missing");
+    assert!(matches!(err, FolderError::MarkerMissing { .. }), "{err}");
+    assert!(folder.local("a").expect("local").is_some());
+}
+
+#[test]
+fn full_disk_stops_cleanly() {
+    let fx = fixture();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&fx.root)
+        .output();
+    match status {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            eprintln!(
+                "full_disk_stops_cleanly SKIPPED: cannot mount a tmpfs: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("full_disk_stops_cleanly SKIPPED: cannot run mount: {e}");
+            return;
+        }
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(fx.root.clone());
+
+    let mut folder = fx.open();
+    let data = noise(8, 3 << 20);
+    let meta = file_meta(&data, 0o644, 0);
+    let mut staging = folder.stage("big", &meta).expect("stage");
+    let mut result = Ok(());
+    for (piece, hash) in chunk_data(&data, &meta) {
+        result = folder.write_chunk(&mut staging, &hash, piece);
+        if result.is_err() {
+            break;
+        }
+    }
+    let err = result.expect_err("the disk is full");
+    assert!(matches!(err, FolderError::NoSpace { .. }), "{err}");
+    assert!(err.to_string().contains("no space"), "{err}");
+    assert_eq!(
+        fs::read_dir(fx.root.join(".clearskies/tmp"))
+            .expect("tmp")
+            .count(),
+        0,
+        "temp file removed"
+    );
+    assert!(!fx.root.join("big").exists());
+}
+
+#[test]
+fn scan_removes_abandoned_temp_files() {
+    let fx = fixture();
+    let mut folder = fx.open();
+    fx.write(".clearskies/tmp/old.part", b"abandoned");
+    fx.write(".clearskies/tmp/new.part", b"in progress");
+    set_mtime(
+        &fx.root.join(".clearskies/tmp/old.part"),
+        1_000_000_000_000_000_000,
+    );
+    assert_eq!(folder.scan().expect("scan"), vec![]);
+    assert!(!fx.root.join(".clearskies/tmp/old.part").exists());
+    assert!(fx.root.join(".clearskies/tmp/new.part").exists());
+}
+
+#[test]
+fn chunks_are_not_served_through_a_parent_swapped_for_a_symlink() {
+    let fx = fixture();
+    fx.write("d/f", b"same bytes");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let hash: [u8; 32] = Sha256::digest(b"same bytes").into();
+    assert!(folder.read_chunk(&hash, 0, 10).expect("read").is_some());
+    // `d` becomes a link to an outside folder holding a file of the same name and content.
+    let outside = fx.root.parent().expect("parent").join("elsewhere");
+    fs::create_dir(&outside).expect("mkdir");
+    fs::write(outside.join("f"), b"same bytes").expect("write");
+    fs::remove_dir_all(fx.root.join("d")).expect("rm");
+    symlink(&outside, fx.root.join("d")).expect("symlink");
+    assert_eq!(folder.read_chunk(&hash, 0, 10).expect("read"), None);
+    let meta = file_meta(b"same bytes", 0o644, 0);
+    let staging = folder.stage("copy", &meta).expect("stage");
+    assert!(!staging.is_complete(), "not copied from outside either");
+    // The scan sees a symlink where the directory was.
+    let changes = folder.scan().expect("scan");
+    assert_eq!(paths(&changes), ["d", "d/f"]);
+    assert_eq!(
+        change(&changes, "d").meta.as_ref().expect("d").kind,
+        FileKind::Symlink
+    );
+    assert_eq!(change(&changes, "d/f").meta, None);
+}
+
+#[test]
+fn a_file_replaces_an_empty_directory_but_not_a_full_one() {
+    let fx = fixture();
+    fs::create_dir_all(fx.root.join("empty")).expect("mkdir");
+    fx.write("full/keep", b"user data");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let meta = file_meta(b"now a file", 0o644, 0);
+    let (piece, hash) = chunk_data(b"now a file", &meta)[0];
+    for (path, ok) in [("empty", true), ("full", false)] {
+        let expected = folder.local(path).expect("local");
+        let mut staging = folder.stage(path, &meta).expect("stage");
+        folder
+            .write_chunk(&mut staging, &hash, piece)
+            .expect("write");
+        let result = folder.commit(staging, expected.as_ref());
+        if ok {
+            result.expect("commit");
+            assert_eq!(fx.read(path), b"now a file");
+        } else {
+            assert!(matches!(result, Err(FolderError::LocalChange { .. })));
+            assert_eq!(fx.read("full/keep"), b"user data");
+        }
+    }
+}
