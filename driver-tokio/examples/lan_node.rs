@@ -9,7 +9,7 @@
 //! `PUT_KEY`, listens for members with TLS on a free port, announces itself with LAN
 //! discovery, dials whatever it finds, and exits 0 once it holds `EXPECT_KEY` from its peer
 //! (exit 1 after 60 s). `driver-tokio/tests/discovery_netns.rs` runs two of these in two
-//! network namespaces.
+//! network namespaces. With `CSKY_LAN_FAMILY=ipv4` or `ipv6` discovery uses that family only.
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -139,7 +139,13 @@ async fn run() -> Result<(), Box<dyn Error>> {
 
     let mut seed = [0; 32];
     getrandom::getrandom(&mut seed).map_err(|e| format!("OS randomness: {e}"))?;
-    let (discovery, mut found) = spawn_discovery(LanConfig::new(seed), vec![args.share], port)?;
+    let mut lan = LanConfig::new(seed);
+    match std::env::var("CSKY_LAN_FAMILY").as_deref() {
+        Ok("ipv4") => lan.ipv6 = false,
+        Ok("ipv6") => lan.ipv4 = false,
+        _ => {}
+    }
+    let (discovery, mut found) = spawn_discovery(lan, vec![args.share], port)?;
     eprintln!(
         "{name}: listening on port {port}, discovery on {:?}",
         discovery.local_addrs()
