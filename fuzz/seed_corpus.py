@@ -83,6 +83,15 @@ def main():
         for sender, data in framed.items():
             write("pair_message", f"{ex['name']}-{sender}-sequence", b"\x01" + data)
             count += 1
+    # The discovery target: 8 bytes of receiver wall time (big-endian), then one datagram.
+    with open(os.path.join(VECTORS, "discovery.json"), encoding="utf-8") as f:
+        discovery = json.load(f)
+    for c in discovery["cases"]:
+        write("discovery", c["name"], c["wall"].to_bytes(8, "big") + unhex(c["hex"]))
+        count += 1
+    for p in discovery["packets"]:
+        write("discovery", "packet-" + p["name"], p["time"].to_bytes(8, "big") + unhex(p["hex"]))
+        count += 1
     print(f"wrote {count} seed inputs under {os.path.relpath(CORPUS, ROOT)}/")
 
 

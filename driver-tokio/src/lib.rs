@@ -13,6 +13,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod discovery;
 pub mod folder;
 pub mod node;
 pub mod pairing;

@@ -15,6 +15,8 @@
 //!   (`spec/identity.md`), built on the base32 and Luhn mod 32 helpers of [`text`].
 //! * [`pair`]: pairing a new device with an access code: SPAKE2 bound to the TLS session,
 //!   key confirmation, the membership grant and the inviter's code registry (`spec/pairing.md`).
+//! * [`discovery`]: LAN announcements with rotating, authenticated share IDs
+//!   (`spec/discovery.md`).
 //!
 //! Pairing, replication and folder sync are built on these in later modules.
 //!
@@ -54,6 +56,7 @@
 pub mod code;
 pub mod crypto;
 pub mod db;
+pub mod discovery;
 pub mod error;
 pub mod files;
 pub mod identity;
