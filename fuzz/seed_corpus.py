@@ -65,6 +65,13 @@ def main():
     for c in cases("db_messages.json"):
         write("db_message", c["name"], unhex(c["hex"]))
         count += 1
+    # The files_message target decodes its input as a chunk-transfer payload and as a file
+    # document.
+    with open(os.path.join(VECTORS, "files_messages.json"), encoding="utf-8") as f:
+        files = json.load(f)
+    for c in files["messages"] + files["documents"]:
+        write("files_message", c["name"], unhex(c["hex"]))
+        count += 1
     # The pair_message target: mode byte 0 then one payload (decode), or mode byte 1 then
     # payloads framed with a 2-byte big-endian length (state machines).
     with open(os.path.join(VECTORS, "pairing.json"), encoding="utf-8") as f:

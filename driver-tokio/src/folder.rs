@@ -179,6 +179,8 @@ pub async fn spawn_folder(
         pending_removals: BTreeMap::new(),
         rescan_soon: false,
         replan: BTreeSet::new(),
+        replan_all: false,
+        root: config.root.clone(),
         error: None,
         scanned: false,
     };
@@ -242,6 +244,9 @@ struct Syncer {
     rescan_soon: bool,
     /// Paths to plan again after that scan.
     replan: BTreeSet<String>,
+    /// Plan every path again (after an error state ended).
+    replan_all: bool,
+    root: PathBuf,
     error: Option<String>,
     scanned: bool,
 }
@@ -276,6 +281,9 @@ impl Syncer {
                 () = tokio::time::sleep(interval) => {
                     scan_cost = self.scan().await;
                 }
+            }
+            if std::mem::take(&mut self.replan_all) {
+                self.reconcile_all().await;
             }
             self.process_dirty().await;
             if std::mem::take(&mut self.rescan_soon) {
@@ -343,7 +351,12 @@ impl Syncer {
         };
         match result {
             Ok(changes) => {
-                self.error = None;
+                if self.error.take().is_some() {
+                    // Back from an error state (the folder returned, space was freed): plan
+                    // every path again, including those whose writes failed meanwhile.
+                    eprintln!("{}: usable again, resuming", self.root.display());
+                    self.replan_all = true;
+                }
                 for change in changes {
                     self.record(change).await;
                 }
