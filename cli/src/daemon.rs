@@ -1,7 +1,7 @@
 //! The network side of the tool: `run` (the daemon), `sync --once` (a check-in) and `join`
 //! (pairing), on the tokio driver.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clearskies_net::PeerPolicy;
 use clearskies_proto::code::AccessCode;
 use clearskies_proto::crypto::DeviceKey;
-use clearskies_proto::db::Member;
+use clearskies_proto::db::{Member, ShareId};
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::node::{Event, Node};
 use clearskies_proto::pair::Invitations;
@@ -44,24 +44,32 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 fn store_failure(e: impl std::fmt::Display) -> Failure {
     Failure::usage(&format!(
-        "{e} (is a `clearskies run` daemon using this home? stop it first: this build has no control socket yet)"
+        "{e} (is another `clearskies` process using this home? stop it first)"
     ))
 }
 
+/// A peer's name (from its HELLO) and the address it was last seen at.
+pub(crate) type PeerSeen = (String, Option<SocketAddr>);
+
 /// Everything a running device shares between its tasks.
-struct Device {
-    home: Home,
-    key: DeviceKey,
-    node: NodeHandle,
+pub(crate) struct Device {
+    pub(crate) home: Home,
+    pub(crate) key: DeviceKey,
+    pub(crate) node: NodeHandle,
     /// Devices allowed to connect as members (all shares, this device excluded).
-    members: Arc<RwLock<BTreeSet<DeviceId>>>,
+    pub(crate) members: Arc<RwLock<BTreeSet<DeviceId>>>,
     /// Peers with an established session.
-    connected: Arc<Mutex<BTreeSet<DeviceId>>>,
+    pub(crate) connected: Arc<Mutex<BTreeSet<DeviceId>>>,
+    /// Peers' names (from their HELLO) and the address last seen for each.
+    pub(crate) peers: Arc<Mutex<BTreeMap<DeviceId, PeerSeen>>>,
     /// The last reason a peer gave for refusing this device, for `sync --once` to report.
     refusal: Arc<Mutex<Option<String>>>,
-    invitations: Arc<Mutex<Invitations>>,
+    pub(crate) invitations: Arc<Mutex<Invitations>>,
     /// The folder of every share, by share folder path.
-    folders: Vec<(std::path::PathBuf, FolderHandle)>,
+    pub(crate) folders: Mutex<Vec<(std::path::PathBuf, FolderHandle)>>,
+    /// Database changes (share, key), for `db watch`.
+    pub(crate) changes: tokio::sync::broadcast::Sender<(ShareId, String)>,
+    rescan: Duration,
 }
 
 impl Device {
@@ -75,6 +83,36 @@ impl Device {
             }
         })
     }
+}
+
+/// Opens one share in the running node: its replica, then its folder (scanned before this
+/// returns). Returns the folder's handle.
+pub(crate) async fn open_share(
+    home: &Home,
+    node: &NodeHandle,
+    key: &DeviceKey,
+    share: &ShareFile,
+    rescan: Duration,
+) -> Result<FolderHandle, Failure> {
+    let dir = home.share_dir(share);
+    let store = ReplicaStore::open(&dir.join("replica.redb")).map_err(store_failure)?;
+    node.open_share(share.share_id()?, share.members()?, store)
+        .await
+        .map_err(|e| Failure::usage(&e.to_string()))?;
+    let config = FolderConfig {
+        share: share.share_id()?,
+        root: share.path.clone(),
+        index: dir.join("folder.redb"),
+        versions: dir.join("versions.redb"),
+        rescan,
+    };
+    let folder = spawn_folder(node.clone(), key.device_id(), config)
+        .await
+        .map_err(|e| Failure::not_found(&format!("{}: {e}", share.path.display())))?;
+    if let Some(e) = folder.status().error {
+        eprintln!("{}: {e}", share.path.display());
+    }
+    Ok(folder)
 }
 
 async fn start(
@@ -94,34 +132,12 @@ async fn start(
     );
     let (handle, events, _task) = spawn_node(node, clock);
     let mut members = BTreeSet::new();
-    for share in &shares {
-        let store = ReplicaStore::open(&home.share_dir(share).join("replica.redb"))
-            .map_err(store_failure)?;
-        let share_members = share.members()?;
-        members.extend(share_members.keys().copied());
-        handle
-            .open_share(share.share_id()?, share_members, store)
-            .await
-            .map_err(|e| Failure::usage(&e.to_string()))?;
-    }
     // Each folder is scanned before the device goes on the network, so no peer takes a
     // device that has not looked at its disk yet for one that agrees with it.
     let mut folders = Vec::new();
     for share in &shares {
-        let dir = home.share_dir(share);
-        let config = FolderConfig {
-            share: share.share_id()?,
-            root: share.path.clone(),
-            index: dir.join("folder.redb"),
-            versions: dir.join("versions.redb"),
-            rescan,
-        };
-        let folder = spawn_folder(handle.clone(), key.device_id(), config)
-            .await
-            .map_err(|e| Failure::not_found(&format!("{}: {e}", share.path.display())))?;
-        if let Some(e) = folder.status().error {
-            eprintln!("{}: {e}", share.path.display());
-        }
+        members.extend(share.members()?.keys().copied());
+        let folder = open_share(&home, &handle, &key, share, rescan).await?;
         folders.push((share.path.clone(), folder));
     }
     members.remove(&key.device_id());
@@ -132,19 +148,64 @@ async fn start(
         node: handle,
         members: Arc::new(RwLock::new(members)),
         connected: Arc::new(Mutex::new(BTreeSet::new())),
+        peers: Arc::new(Mutex::new(BTreeMap::new())),
         refusal: Arc::new(Mutex::new(None)),
         invitations: Arc::new(Mutex::new(invitations)),
-        folders,
+        folders: Mutex::new(folders),
+        changes: tokio::sync::broadcast::channel(1024).0,
+        rescan,
     };
     Ok((Arc::new(device), events))
 }
 
+impl Device {
+    /// Opens a share created or joined while the daemon runs (`share`, `join`).
+    pub(crate) async fn open_new_share(&self, share: &ShareFile) -> Result<(), Failure> {
+        let open = self
+            .folders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(p, _)| *p == share.path);
+        if open {
+            return Ok(());
+        }
+        if let Ok(mut m) = self.members.write() {
+            m.extend(share.members()?.keys().copied());
+            m.remove(&self.key.device_id());
+        }
+        let folder = open_share(&self.home, &self.node, &self.key, share, self.rescan).await?;
+        self.folders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((share.path.clone(), folder));
+        Ok(())
+    }
+
+    fn saw_address(&self, peer: DeviceId, addr: Option<SocketAddr>) {
+        if let Some(addr) = addr {
+            self.peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(peer)
+                .or_insert((String::new(), None))
+                .1 = Some(addr);
+        }
+    }
+
+    /// The folders' handles.
+    pub(crate) fn folder_handles(&self) -> Vec<(std::path::PathBuf, FolderHandle)> {
+        self.folders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Serves one incoming connection: a member's session, or a pairing attempt.
 async fn serve(device: Arc<Device>, tcp: tokio::net::TcpStream) {
-    let address = tcp
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
+    let remote = tcp.peer_addr().ok();
+    let address = remote.map(|a| a.ip().to_string()).unwrap_or_default();
     // The ClientHello says what the peer came for: members are judged (and strangers refused)
     // during the handshake; a pairing attempt may present any key, the PAKE decides.
     let members = clearskies_net::server_config(&device.key, device.policy());
@@ -157,6 +218,7 @@ async fn serve(device: Arc<Device>, tcp: tokio::net::TcpStream) {
         }
     };
     if purpose == tls::Purpose::Member {
+        device.saw_address(peer.device_id, remote);
         let _ = device.node.add_connection(peer.device_id, stream).await;
         return;
     }
@@ -219,6 +281,7 @@ async fn dial(device: Arc<Device>, addr: SocketAddr) {
             match tls::connect(addr, &device.key, device.policy()).await {
                 Ok((peer, stream)) => {
                     known = Some(peer.device_id);
+                    device.saw_address(peer.device_id, Some(addr));
                     if device
                         .node
                         .add_connection(peer.device_id, stream)
@@ -285,6 +348,7 @@ pub fn run(
     }
     runtime()?.block_on(async move {
         let (device, mut events) = start(home, rescan).await?;
+        crate::control::serve(device.clone()).await?;
         if let Some(addr) = listen {
             let listener = TcpListener::bind(addr)
                 .await
@@ -307,11 +371,25 @@ pub fn run(
         }
         let connected = device.connected.clone();
         let refusal = device.refusal.clone();
+        let peers_seen = device.peers.clone();
+        let changes = device.changes.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
+                    Event::Db {
+                        share,
+                        event: clearskies_proto::db::Event::Changed { key },
+                    } => {
+                        let _ = changes.send((share, key));
+                    }
                     Event::PeerUp { peer, name } => {
                         eprintln!("connected to {name} ({peer})");
+                        peers_seen
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(peer)
+                            .or_insert((String::new(), None))
+                            .0 = name;
                         connected
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -337,7 +415,8 @@ pub fn run(
             None => wait_for_signal().await,
             Some(timeout) => check_in(&device, peers.len(), timeout).await,
         };
-        for (_, folder) in &device.folders {
+        crate::control::remove(&device.home.root);
+        for (_, folder) in device.folder_handles() {
             folder.stop();
         }
         device.node.shutdown().await;
@@ -376,7 +455,10 @@ async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<()
             for peer in &connected {
                 all &= device.node.synced_with(*peer).await.unwrap_or(false);
             }
-            all &= device.folders.iter().all(|(_, f)| f.status().is_complete());
+            all &= device
+                .folder_handles()
+                .iter()
+                .all(|(_, f)| f.status().is_complete());
             // Records that just arrived reach the folders a moment later: agreeing twice in
             // a row, a little apart, means nothing was on its way.
             if all && settled {
@@ -386,7 +468,7 @@ async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<()
             }
             settled = all;
         }
-        for (path, f) in &device.folders {
+        for (path, f) in device.folder_handles() {
             if let Some(e) = f.status().error {
                 return Err(Failure::not_found(&format!("{}: {e}", path.display())));
             }
@@ -413,12 +495,13 @@ async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<()
 }
 
 /// `join CODE PATH --peer HOST:PORT`.
+/// Returns the share's folder, as recorded.
 pub fn join(
-    home: Home,
+    home: &Home,
     code: &AccessCode,
     path: &Path,
     peer: Option<String>,
-) -> Result<(), Failure> {
+) -> Result<std::path::PathBuf, Failure> {
     let key = home.key()?;
     let addr = resolve(&peer.ok_or_else(|| {
         Failure::usage("pass the inviting device's address with --peer HOST:PORT (discovery is not in this build yet)")
@@ -449,5 +532,5 @@ pub fn join(
         share.id,
         crate::access_text(joined.access)
     );
-    Ok(())
+    Ok(share.path)
 }

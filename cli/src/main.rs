@@ -6,6 +6,7 @@
 //! over the network or folder sync (`join`, `run`, `sync`, `status`, `remove-member`, `ls`,
 //! `cat`, `pin`, `unpin`, `db watch`) say plainly that this build does not have them yet.
 
+mod control;
 mod daemon;
 mod demo;
 mod home;
@@ -214,8 +215,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Share { path, read_only } => {
             let key = home.key()?;
             let (share, created) = home.create_share(&path, &key)?;
-            // Create the database so the share exists in full before the code is shown.
-            open_replica(&home, &share, &key)?;
+            // Create the database so the share exists in full before the code is shown (a
+            // running daemon that already has the share open holds it: leave it be).
+            let daemon = control::Client::connect(&home).is_some();
+            if created || !daemon {
+                open_replica(&home, &share, &key)?;
+            }
+            tell_daemon_to_open(&home, &share.path)?;
             println!(
                 "{} share {} of {}",
                 if created { "created" } else { "reusing" },
@@ -256,7 +262,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if transport.as_deref().is_some_and(|t| t != "tcp") {
                 return Err(Failure::not_yet("join --transport quic"));
             }
-            daemon::join(home, &code, &path, peer.into_iter().next())?;
+            let joined = daemon::join(&home, &code, &path, peer.into_iter().next())?;
+            tell_daemon_to_open(&home, &joined)?;
         }
         Command::Shares { json } => {
             let shares = home.shares()?;
@@ -297,8 +304,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let share = home.find_share(Some(&path))?;
             home.remove_member(&share, &device)?;
+            if let Some(mut daemon) = control::Client::connect(&home) {
+                daemon.call(&control::Request::RemoveMember {
+                    path: share.path.clone(),
+                    device: device.to_string(),
+                })?;
+            }
             println!("removed {device} from {}", share.path.display());
-            eprintln!("a running daemon refuses it once restarted (no control socket yet)");
         }
         Command::Run {
             listen,
@@ -333,7 +345,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Duration::from_secs(3600),
             )?;
         }
-        Command::Status { .. } => return Err(Failure::not_yet("status")),
+        Command::Status { json } => status(&home, json)?,
         Command::Demo => demo::demo()?,
         Command::Db { share, op } => db(&home, share.as_deref(), op)?,
     }
@@ -371,8 +383,9 @@ fn parse_duration(text: &str) -> Result<Duration, Failure> {
     Ok(Duration::from_secs(secs))
 }
 
-fn invite(
-    home: &Home,
+/// A new access code for `share` in `invitations` (the caller saves the registry).
+pub(crate) fn new_code(
+    invitations: &mut clearskies_proto::pair::Invitations,
     share: &ShareFile,
     read_only: bool,
     uses: u32,
@@ -380,7 +393,6 @@ fn invite(
 ) -> Result<String, Failure> {
     use clearskies_proto::db::Access;
     use clearskies_proto::pair::{InvitationOptions, PairMisuse, Uses};
-    let mut invitations = home.load_invitations()?;
     let options = InvitationOptions {
         access: if read_only {
             Access::ReadOnly
@@ -404,8 +416,126 @@ fn invite(
             Err(e) => return Err(Failure::usage(&format!("cannot make a code: {e:?}"))),
         }
     };
-    home.save_invitations(&invitations)?;
     Ok(code.to_string())
+}
+
+/// A new access code, made by the running daemon if there is one (it holds the registry).
+fn invite(
+    home: &Home,
+    share: &ShareFile,
+    read_only: bool,
+    uses: u32,
+    ttl: Duration,
+) -> Result<String, Failure> {
+    if let Some(mut daemon) = control::Client::connect(home) {
+        return match daemon.call(&control::Request::Invite {
+            path: share.path.clone(),
+            read_only,
+            uses,
+            ttl_secs: ttl.as_secs(),
+        })? {
+            control::Response::Code(code) => Ok(code),
+            other => Err(unexpected(&other)),
+        };
+    }
+    let mut invitations = home.load_invitations()?;
+    let code = new_code(&mut invitations, share, read_only, uses, ttl)?;
+    home.save_invitations(&invitations)?;
+    Ok(code)
+}
+
+fn unexpected(r: &control::Response) -> Failure {
+    Failure::not_found(&format!("the daemon answered something unexpected: {r:?}"))
+}
+
+/// `status [--json]`: from the running daemon, or from the home when none runs.
+fn status(home: &Home, json: bool) -> Result<(), Failure> {
+    let doc: Value = match control::Client::connect(home) {
+        Some(mut daemon) => match daemon.call(&control::Request::Status)? {
+            control::Response::Status(text) => serde_json::from_str(&text)
+                .map_err(|e| Failure::corrupt("the daemon's status", &e.to_string()))?,
+            other => return Err(unexpected(&other)),
+        },
+        None => {
+            let key = home.key()?;
+            let shares: Vec<Value> = home
+                .shares()?
+                .iter()
+                .map(|s| {
+                    let peers: Vec<Value> = s
+                        .members()
+                        .unwrap_or_default()
+                        .keys()
+                        .filter(|d| **d != key.device_id())
+                        .map(|d| json!({"device": d.to_string(), "name": "", "connected": false, "address": null}))
+                        .collect();
+                    json!({"path": s.path, "id": s.id, "state": "stopped", "error": null,
+                           "files_needed": null, "bytes_needed": null, "stalled_chunks": null,
+                           "peers": peers})
+                })
+                .collect();
+            json!({"device": key.device_id().to_string(), "name": home.device_name(),
+                   "daemon": false, "shares": shares})
+        }
+    };
+    if json {
+        println!("{doc}");
+        return Ok(());
+    }
+    let running = doc["daemon"].as_bool() == Some(true);
+    println!(
+        "{} ({}): daemon {}",
+        doc["name"].as_str().unwrap_or_default(),
+        doc["device"].as_str().unwrap_or_default(),
+        if running { "running" } else { "not running" }
+    );
+    for share in doc["shares"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "share {}: {}",
+            share["path"].as_str().unwrap_or_default(),
+            share["state"].as_str().unwrap_or_default()
+        );
+        if let Some(n) = share["files_needed"].as_u64().filter(|n| *n > 0) {
+            line.push_str(&format!(
+                ", {n} files and {} bytes still needed",
+                share["bytes_needed"].as_u64().unwrap_or(0)
+            ));
+        }
+        if let Some(e) = share["error"].as_str() {
+            line.push_str(&format!(": {e}"));
+        }
+        println!("{line}");
+        for peer in share["peers"].as_array().into_iter().flatten() {
+            let name = peer["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("peer");
+            let state = if peer["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "not connected"
+            };
+            let addr = peer["address"]
+                .as_str()
+                .map(|a| format!(" at {a}"))
+                .unwrap_or_default();
+            println!(
+                "  {name} ({}): {state}{addr}",
+                peer["device"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Tells a running daemon to open a share created or joined in its home.
+fn tell_daemon_to_open(home: &Home, path: &Path) -> Result<(), Failure> {
+    if let Some(mut daemon) = control::Client::connect(home) {
+        daemon.call(&control::Request::OpenShare {
+            path: path.to_owned(),
+        })?;
+    }
+    Ok(())
 }
 
 /// The share's replica, opened from its store, with every batch applied synchronously.
@@ -480,50 +610,85 @@ fn sibling_json(r: &Record) -> Value {
     })
 }
 
+fn print_get(k: &str, siblings: Option<Vec<Record>>, json: bool) -> Result<(), Failure> {
+    let siblings = siblings
+        .filter(|s| !s.is_empty())
+        .filter(|s| json || !s[0].is_tombstone());
+    let Some(siblings) = siblings else {
+        return Err(Failure::not_found(&format!("no document under {k:?}")));
+    };
+    if json {
+        let list: Vec<Value> = siblings.iter().map(sibling_json).collect();
+        println!(
+            "{}",
+            json!({"key": k, "conflict": siblings.len() > 1, "siblings": list})
+        );
+        if siblings[0].is_tombstone() && siblings.len() == 1 {
+            return Err(Failure::not_found(&format!("{k:?} was deleted")));
+        }
+    } else {
+        let value = siblings[0]
+            .value
+            .as_deref()
+            .map(to_json)
+            .unwrap_or(Value::Null);
+        println!("{value}");
+    }
+    Ok(())
+}
+
+fn print_list(list: Vec<(String, Vec<Record>)>, json: bool) {
+    let live: Vec<(String, Value, bool)> = list
+        .into_iter()
+        .filter_map(|(k, s)| {
+            let conflict = s.len() > 1;
+            s.first()
+                .and_then(|w| w.value.as_deref())
+                .map(|v| (k, to_json(v), conflict))
+        })
+        .collect();
+    if json {
+        let list: Vec<Value> = live
+            .iter()
+            .map(|(k, v, c)| json!({"key": k, "value": v, "conflict": c}))
+            .collect();
+        println!("{}", Value::Array(list));
+    } else {
+        for (k, v, _) in live {
+            println!("{k}\t{v}");
+        }
+    }
+}
+
+fn document(text: &str) -> Result<Vec<u8>, Failure> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Failure::usage(&format!("the document is not JSON: {e}")))?;
+    Ok(clearskies_proto::wire::codec::encode(&value))
+}
+
 fn db(home: &Home, share: Option<&Path>, op: DbOp) -> Result<(), Failure> {
+    if let Some(daemon) = control::Client::connect(home) {
+        return db_through_daemon(daemon, share, op);
+    }
     if let DbOp::Watch { .. } = op {
-        return Err(Failure::not_yet("db watch"));
+        return Err(Failure::usage(
+            "`db watch` follows a running daemon: start `clearskies run` for this home first",
+        ));
     }
     let key = home.key()?;
     let share = home.find_share(share)?;
     let mut db = open_replica(home, &share, &key)?;
+    let siblings = |db: &Db, k: &str| -> Option<Vec<Record>> {
+        db.replica.entry(k).map(|e| e.siblings().cloned().collect())
+    };
     match op {
         DbOp::Put { key: k, json: text } => {
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|e| Failure::usage(&format!("the document is not JSON: {e}")))?;
-            let cbor = clearskies_proto::wire::codec::encode(&value);
             db.replica
-                .put(wall_micros(), &k, Bytes::from(cbor))
+                .put(wall_micros(), &k, Bytes::from(document(&text)?))
                 .map_err(|e| Failure::usage(&e.to_string()))?;
             db.settle()?;
         }
-        DbOp::Get { key: k, json } => {
-            let entry = db
-                .replica
-                .entry(&k)
-                .filter(|e| json || !e.winner().is_tombstone());
-            let Some(entry) = entry else {
-                return Err(Failure::not_found(&format!("no document under {k:?}")));
-            };
-            if json {
-                let siblings: Vec<Value> = entry.siblings().map(sibling_json).collect();
-                println!(
-                    "{}",
-                    json!({"key": k, "conflict": entry.is_conflict(), "siblings": siblings})
-                );
-                if entry.winner().is_tombstone() && !entry.is_conflict() {
-                    return Err(Failure::not_found(&format!("{k:?} was deleted")));
-                }
-            } else {
-                let value = entry
-                    .winner()
-                    .value
-                    .as_deref()
-                    .map(to_json)
-                    .unwrap_or(Value::Null);
-                println!("{value}");
-            }
-        }
+        DbOp::Get { key: k, json } => print_get(&k, siblings(&db, &k), json)?,
         DbOp::Del { key: k } => {
             if db.replica.get(&k).is_none() {
                 return Err(Failure::not_found(&format!("no document under {k:?}")));
@@ -535,29 +700,88 @@ fn db(home: &Home, share: Option<&Path>, op: DbOp) -> Result<(), Failure> {
         }
         DbOp::List { prefix, json } => {
             let prefix = prefix.unwrap_or_default();
-            let live: Vec<(String, Value, bool)> = db
+            let list = db
                 .replica
                 .range(&prefix)
-                .filter_map(|(k, e)| {
-                    e.winner()
-                        .value
-                        .as_deref()
-                        .map(|v| (k.clone(), to_json(v), e.is_conflict()))
-                })
+                .map(|(k, e)| (k.clone(), e.siblings().cloned().collect()))
                 .collect();
-            if json {
-                let list: Vec<Value> = live
-                    .iter()
-                    .map(|(k, v, c)| json!({"key": k, "value": v, "conflict": c}))
-                    .collect();
-                println!("{}", Value::Array(list));
-            } else {
-                for (k, v, _) in live {
-                    println!("{k}\t{v}");
+            print_list(list, json);
+        }
+        DbOp::Watch { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn db_through_daemon(
+    mut daemon: control::Client,
+    share: Option<&Path>,
+    op: DbOp,
+) -> Result<(), Failure> {
+    use control::{Request, Response};
+    let share = share.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()));
+    match op {
+        DbOp::Put { key, json } => {
+            let value = Some(document(&json)?);
+            daemon.call(&Request::Put { share, key, value })?;
+        }
+        DbOp::Del { key } => {
+            match daemon.call(&Request::Get {
+                share: share.clone(),
+                key: key.clone(),
+            })? {
+                Response::Entry(Some(s)) if s.first().is_some_and(|w| !w.is_tombstone()) => {}
+                _ => return Err(Failure::not_found(&format!("no document under {key:?}"))),
+            }
+            daemon.call(&Request::Put {
+                share,
+                key,
+                value: None,
+            })?;
+        }
+        DbOp::Get { key, json } => match daemon.call(&Request::Get {
+            share,
+            key: key.clone(),
+        })? {
+            Response::Entry(siblings) => print_get(&key, siblings, json)?,
+            other => return Err(unexpected(&other)),
+        },
+        DbOp::List { prefix, json } => match daemon.call(&Request::List {
+            share,
+            prefix: prefix.unwrap_or_default(),
+        })? {
+            Response::Entries(list) => print_list(list, json),
+            other => return Err(unexpected(&other)),
+        },
+        DbOp::Watch { prefix } => {
+            daemon.call(&Request::Watch {
+                share,
+                prefix: prefix.unwrap_or_default(),
+            })?;
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            loop {
+                match daemon.next()? {
+                    Response::Change { key, siblings } => {
+                        let value = siblings
+                            .first()
+                            .and_then(|w| w.value.as_deref())
+                            .map_or_else(|| "(deleted)".to_owned(), |v| to_json(v).to_string());
+                        let conflict = if siblings.len() > 1 {
+                            "\t(conflict)"
+                        } else {
+                            ""
+                        };
+                        if writeln!(out, "{key}\t{value}{conflict}")
+                            .and_then(|()| out.flush())
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                    other => return Err(unexpected(&other)),
                 }
             }
         }
-        DbOp::Watch { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -92,6 +92,12 @@ enum Input {
     },
     ChunkRead(ConnId, u32, Option<Vec<u8>>),
     FolderPending(ShareId, u64),
+    RemoveMember {
+        share: ShareId,
+        device: DeviceId,
+        code: clearskies_proto::wire::CloseCode,
+        reason: String,
+    },
     Synced {
         peer: DeviceId,
         reply: oneshot::Sender<bool>,
@@ -261,6 +267,26 @@ impl NodeHandle {
     pub async fn add_member(&self, share: ShareId, member: Member) -> Result<(), NodeError> {
         self.inputs
             .send(Input::AddMember { share, member })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Removes `device` from `share`; if it is a member of no other share, its connection is
+    /// closed with `code` and `reason`.
+    pub async fn remove_member(
+        &self,
+        share: ShareId,
+        device: DeviceId,
+        code: clearskies_proto::wire::CloseCode,
+        reason: &str,
+    ) -> Result<(), NodeError> {
+        self.inputs
+            .send(Input::RemoveMember {
+                share,
+                device,
+                code,
+                reason: reason.to_owned(),
+            })
             .await
             .map_err(|_| NodeError::Stopped)
     }
@@ -562,6 +588,12 @@ impl Owner {
             }
             Input::ChunkRead(conn, id, data) => self.node.chunk_read(conn, id, data),
             Input::FolderPending(share, pending) => self.node.set_folder_pending(&share, pending),
+            Input::RemoveMember {
+                share,
+                device,
+                code,
+                reason,
+            } => self.node.remove_member(now, &share, &device, code, &reason),
             Input::Shutdown => return false,
         }
         true

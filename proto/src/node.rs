@@ -260,11 +260,43 @@ impl Node {
         self.collect(share);
     }
 
-    /// Adds or changes a member of `share` (a device that just paired). Connected peers that
-    /// became members start syncing it when they next connect.
+    /// Adds or changes a member of `share` (a device that just paired). A connected peer that
+    /// became a member starts syncing the share at once.
     pub fn add_member(&mut self, share: &ShareId, device: DeviceId, member: Member) {
         if let Some(r) = self.shares.get_mut(share) {
+            let was = r.is_member(&device);
             r.set_member(device, member);
+            // Already connected (it paired into a second share): start syncing it now.
+            if !was && self.current.contains_key(&device) {
+                r.peer_connected(device);
+            }
+        }
+        if let Some(&conn) = self.current.get(&device) {
+            self.send_progress(conn, &device, share);
+        }
+    }
+
+    /// Removes `device` from `share`. If it is a member of no other share here, its session
+    /// is closed with `code` and `reason` (the peer is told why).
+    pub fn remove_member(
+        &mut self,
+        now: Timestamp,
+        share: &ShareId,
+        device: &DeviceId,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        let now = self.clock.observe(now);
+        if let Some(r) = self.shares.get_mut(share) {
+            r.remove_member(device);
+        }
+        self.peer_pending.remove(&(*device, *share));
+        if !self.shares.values().any(|r| r.is_member(device))
+            && let Some(conn) = self.current.get(device).copied()
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            c.session.close(now, code, reason);
+            self.drain_session(now, conn);
         }
     }
 

@@ -498,6 +498,12 @@ impl Replica {
         self.members.insert(device, member);
     }
 
+    /// Removes a member: from now on its records are refused and it is not served.
+    pub fn remove_member(&mut self, device: &DeviceId) {
+        self.members.remove(device);
+        self.peer_disconnected(device);
+    }
+
     // ---- peers --------------------------------------------------------------------------
 
     /// A session with `peer` (whose identity the transport authenticated) is established and
