@@ -21,11 +21,17 @@ struct Pair {
     fb: PathBuf,
     port_a: u16,
     port_b: u16,
+    rescan: String,
 }
 
 impl Pair {
     /// Two initialised devices; A shares `fa` (filled by `fill` first), B joins into `fb`.
     fn new(fill: impl FnOnce(&Path)) -> (Pair, Daemon) {
+        Pair::with_rescan(fill, "1")
+    }
+
+    /// Like `new`, with the daemons rescanning every `rescan` seconds.
+    fn with_rescan(fill: impl FnOnce(&Path), rescan: &str) -> (Pair, Daemon) {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("home-a"), dir.path().join("home-b"));
         let (fa, fb) = (dir.path().join("laptop"), dir.path().join("phone"));
@@ -39,7 +45,7 @@ impl Pair {
             .unwrap()
             .to_owned();
         let port_a = free_port();
-        let laptop = daemon(&a, port_a, &["--rescan", "1"]);
+        let laptop = daemon(&a, port_a, &["--rescan", rescan]);
         let peer = format!("127.0.0.1:{port_a}");
         ok(&b, &["join", &code, fb.to_str().unwrap(), "--peer", &peer]);
         let pair = Pair {
@@ -49,13 +55,18 @@ impl Pair {
             fb,
             port_a,
             port_b: free_port(),
+            rescan: rescan.to_owned(),
         };
         (pair, laptop)
     }
 
     fn start_b(&self) -> Daemon {
         let peer = format!("127.0.0.1:{}", self.port_a);
-        daemon(&self.b, self.port_b, &["--rescan", "1", "--peer", &peer])
+        daemon(
+            &self.b,
+            self.port_b,
+            &["--rescan", &self.rescan, "--peer", &peer],
+        )
     }
 }
 
@@ -230,6 +241,20 @@ fn a_removed_share_root_is_an_error_never_a_mass_delete() {
         before,
         "files were deleted on the other device"
     );
+    stop(phone);
+    stop(laptop);
+}
+
+#[test]
+fn the_file_watcher_picks_up_changes_between_rescans() {
+    // Rescans an hour apart: only the watcher can notice these edits in time.
+    let (p, laptop) = Pair::with_rescan(|fa| write(fa, "a.txt", b"first\n"), "3600");
+    let phone = p.start_b();
+    wait_equal(&p.fa, &p.fb, T, "initial sync");
+    write(&p.fa, "watched/new.txt", b"seen by the watcher\n");
+    wait_equal(&p.fa, &p.fb, T, "a new file on the laptop");
+    write(&p.fb, "a.txt", b"edited on the phone\n");
+    wait_equal(&p.fa, &p.fb, T, "an edit on the phone");
     stop(phone);
     stop(laptop);
 }

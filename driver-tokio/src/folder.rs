@@ -94,6 +94,34 @@ impl FolderHandle {
     }
 }
 
+/// How long the folder must be quiet after a change the watcher saw before it is scanned
+/// (an editor's save is often several writes and a rename).
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Watches `root` recursively; every change outside `.clearskies` sends a `()`.
+fn watch(
+    root: &std::path::Path,
+    touched: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let reserved = root.join(share_path::RESERVED_ROOT);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(e) => {
+                !matches!(e.kind, notify::EventKind::Access(_))
+                    && e.paths.iter().any(|p| !p.starts_with(&reserved))
+            }
+            // Overflowed queues and the like: better a scan too many.
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = touched.send(());
+        }
+    })?;
+    watcher.watch(root, notify::RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
 enum Command {
     Rescan(Option<oneshot::Sender<()>>),
     Stop,
@@ -186,7 +214,25 @@ pub async fn spawn_folder(
     };
     let scan_cost = syncer.scan().await;
     syncer.reconcile_all().await;
-    tokio::spawn(syncer.run(events_rx, commands_rx, config.rescan, scan_cost));
+    let (touched_tx, touched_rx) = mpsc::unbounded_channel();
+    // Without a watcher (no inotify instances left, say) the periodic rescans still run.
+    let watcher = watch(&config.root, touched_tx)
+        .map_err(|e| {
+            eprintln!(
+                "{}: not watching for changes ({e}); rescanning every {:?}",
+                config.root.display(),
+                config.rescan
+            )
+        })
+        .ok();
+    tokio::spawn(syncer.run(
+        events_rx,
+        commands_rx,
+        touched_rx,
+        watcher,
+        config.rescan,
+        scan_cost,
+    ));
     Ok(FolderHandle {
         status: status_rx,
         commands: commands_tx,
@@ -256,14 +302,26 @@ impl Syncer {
         mut self,
         mut events: mpsc::UnboundedReceiver<Event>,
         mut commands: mpsc::UnboundedReceiver<Command>,
+        mut touched: mpsc::UnboundedReceiver<()>,
+        // Kept alive for as long as the loop runs.
+        _watcher: Option<notify::RecommendedWatcher>,
         rescan: Duration,
         mut scan_cost: Duration,
     ) {
+        let mut last_scan = tokio::time::Instant::now();
+        // A change seen by the watcher: scan once things have been quiet for DEBOUNCE.
+        let mut debounce: Option<tokio::time::Instant> = None;
         loop {
-            // Rescans cost at most about 5% of the time.
-            let interval = rescan.max(scan_cost * 20);
+            // Periodic rescans cost at most about 5% of the time.
+            let next_scan = last_scan + rescan.max(scan_cost * 20);
+            let wake = debounce.map_or(next_scan, |d| d.min(next_scan));
             let mut replies = Vec::new();
             tokio::select! {
+                Some(()) = touched.recv() => {
+                    while touched.try_recv().is_ok() {}
+                    debounce = Some(tokio::time::Instant::now() + DEBOUNCE);
+                    continue;
+                }
                 event = events.recv() => {
                     let Some(event) = event else { return };
                     self.on_event(event).await;
@@ -275,11 +333,14 @@ impl Syncer {
                     Some(Command::Rescan(reply)) => {
                         replies.extend(reply);
                         scan_cost = self.scan().await;
+                        last_scan = tokio::time::Instant::now();
                     }
                     Some(Command::Stop) | None => return,
                 },
-                () = tokio::time::sleep(interval) => {
+                () = tokio::time::sleep_until(wake) => {
+                    debounce = None;
                     scan_cost = self.scan().await;
+                    last_scan = tokio::time::Instant::now();
                 }
             }
             if std::mem::take(&mut self.replan_all) {
