@@ -31,6 +31,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 mod versions;
 pub use versions::Versions;
+pub mod cache;
+pub use cache::ChunkCache;
 
 /// Current records by local sequence number, as CBOR.
 const RECORDS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("records");
