@@ -115,7 +115,7 @@ class Record:
             "k": self.key,
             "v": self.value,
             "vv": dict(self.version),
-            "d": {"writer": self.dot[0], "counter": self.dot[1]},
+            "d": [self.dot[0], self.dot[1]],
             "t": self.hlc,
             "s": self.signature,
         }
@@ -471,12 +471,12 @@ def messages(named):
     # -- Refused
     ok("refused", "The receiver refused device-1's record 3 of key notes/1: bad-signature.",
        cbor2.dumps([REFUSED, {"s": TAG, "k": "notes/1",
-                              "d": {"writer": D1.id, "counter": 3}, "e": "bad-signature"}]),
+                              "d": [D1.id, 3], "e": "bad-signature"}]),
        {"type": "Refused", "share": TAG, "key": "notes/1",
         "dot": {"writer": D1.id.hex(), "counter": 3}, "error": "bad-signature"})
     ok("refused-unknown-code", "The error is free text to the receiver: a code this version "
        "does not define is carried as is.",
-       cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": {"writer": D4.id, "counter": 1},
+       cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": [D4.id, 1],
                               "e": "some-future-code"}]),
        {"type": "Refused", "share": TAG, "key": "k",
         "dot": {"writer": D4.id.hex(), "counter": 1}, "error": "some-future-code"})
@@ -543,9 +543,19 @@ def messages(named):
     short_id = dict(item, vv={D1.id[:31]: 1})
     err("records-short-device-id", "A version-vector key of 31 bytes is not a device ID.",
         cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, short_id]]}]))
-    text_id = dict(item, d={"writer": D1.id.hex(), "counter": 1})
+    text_id = dict(item, d=[D1.id.hex(), 1])
     err("records-text-device-id", "A dot whose writer is 64 hex characters of text, not 32 "
         "bytes.", cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, text_id]]}]))
+    old_dot = dict(item, d={"writer": D1.id, "counter": 1})
+    err("records-dot-as-map", "A dot in the map form of drafts before compact dots "
+        "({\"writer\": ..., \"counter\": ...}): a dot is a two-item array.",
+        cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, old_dot]]}]))
+    long_dot = dict(item, d=[D1.id, 1, 0])
+    err("records-dot-of-three", "A dot array with a third item.",
+        cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, long_dot]]}]))
+    short_dot = dict(item, d=[D1.id])
+    err("records-dot-of-one", "A dot array without its counter.",
+        cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, short_dot]]}]))
     no_value = {k: v for k, v in item.items() if k != "v"}
     err("records-missing-value", "A record without its 'v' key: a tombstone writes null, "
         "never omits the key.", cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, no_value]]}]))
@@ -563,7 +573,7 @@ def messages(named):
               raw.replace(vv_once, vv_twice)),
        records_msg(TAG, 1, [(1, named["first-write"])]), canonical=False)
     err("refused-missing-error", "A Refused without its 'e' field.",
-        cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": {"writer": D1.id, "counter": 1}}]))
+        cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": [D1.id, 1]}]))
 
     first = cases[0]
     assert first["name"] == "sync-request-first-contact"

@@ -29,8 +29,9 @@ const RECORDS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("records")
 const CURSORS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("cursors");
 /// The replica's metadata under the key `meta`: index ‖ seq ‖ write counter ‖ hlc.
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
-/// The on-disk format version, under the key `format`.
-const FORMAT: u64 = 1;
+/// The on-disk format version: the first word of the metadata. 2 since dots are stored in
+/// their compact wire form; a format-1 file is refused (it predates any release).
+const FORMAT: u64 = 2;
 
 /// Why the store failed. The message says what to do.
 #[derive(Debug)]
@@ -159,7 +160,10 @@ impl ReplicaStore {
                             .ok_or_else(|| corrupt("metadata is truncated".into()))
                     };
                     if word(0)? != FORMAT {
-                        return Err(corrupt(format!("format {} is not {FORMAT}", word(0)?)));
+                        return Err(corrupt(format!(
+                            "format {} is not {FORMAT} (written by an older development build)",
+                            word(0)?
+                        )));
                     }
                     state.meta = Meta {
                         index: word(1)?,
