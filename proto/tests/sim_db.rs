@@ -71,6 +71,7 @@ impl Durable {
                     self.state.cursors.insert(*peer, *cursor);
                 }
                 PersistOp::SetMeta(meta) => self.state.meta = *meta,
+                PersistOp::SetForgotten(f) => self.state.forgotten = f.clone(),
             }
         }
         self.batches += 1;

@@ -42,7 +42,7 @@ MAX_VERSION_ENTRIES = 256
 RECORD_SIGNATURE_CONTEXT = b"clearskies/db/record/v1\x00"
 DB_EXTENSION = "org.clearskies.db"
 
-SYNC_REQUEST, RECORDS, CAUGHT_UP, REFUSED = 0, 1, 2, 3
+SYNC_REQUEST, RECORDS, CAUGHT_UP, REFUSED, FORGOTTEN = 0, 1, 2, 3, 4
 
 SHARE = bytes([9]) * 32
 OTHER_SHARE = bytes([8]) * 32
@@ -481,6 +481,21 @@ def messages(named):
        {"type": "Refused", "share": TAG, "key": "k",
         "dot": {"writer": D4.id.hex(), "counter": 1}, "error": "some-future-code"})
 
+    # -- Forgotten (a reset follows)
+    def forgotten(share, index, vector):
+        return {"type": "Forgotten", "share": share, "index": index,
+                "forgotten": [[w.hex(), c] for w, c in sorted(vector.items())]}
+
+    fv = {D1.id: 7, D2.id: 3}
+    ok("forgotten", "A reset starts: the sender has forgotten versions up to device-1's "
+       "counter 7 and device-2's counter 3 (the merge of the vectors of the tombstones it "
+       "collected); its whole feed and a CaughtUp follow.",
+       cbor2.dumps([FORGOTTEN, {"s": TAG, "i": index, "f": dict(sorted(fv.items()))}]),
+       forgotten(TAG, index, fv))
+    ok("forgotten-empty-vector", "An empty forgotten vector decodes (a reset that makes the "
+       "receiver drop nothing).",
+       cbor2.dumps([FORGOTTEN, {"s": TAG, "i": 77, "f": {}}]), forgotten(TAG, 77, {}))
+
     # -- lenient decoding (not canonical)
     ok("sync-request-keys-reordered-and-unknown", "Map keys in another order and an unknown "
        "key are accepted; the unknown key is ignored.",
@@ -572,6 +587,10 @@ def messages(named):
        splice([RECORDS, {"s": TAG, "i": 1, "r": [[1, PLACEHOLDER]]}],
               raw.replace(vv_once, vv_twice)),
        records_msg(TAG, 1, [(1, named["first-write"])]), canonical=False)
+    err("forgotten-missing-vector", "A Forgotten without its 'f' field.",
+        cbor2.dumps([FORGOTTEN, {"s": TAG, "i": 1}]))
+    err("forgotten-vector-as-array", "A forgotten vector written as an array of pairs, not a "
+        "map.", cbor2.dumps([FORGOTTEN, {"s": TAG, "i": 1, "f": [[D1.id, 7]]}]))
     err("refused-missing-error", "A Refused without its 'e' field.",
         cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": [D1.id, 1]}]))
 
