@@ -266,6 +266,10 @@ struct Peer {
     reset_pending: bool,
     /// The forgotten vector of the last reset sent to the peer on this connection.
     reset_sent: Option<VersionVector>,
+    /// While a reset is streamed: the last sequence number assigned when it began. Its
+    /// CaughtUp waits until the stream has covered it (durable or not when the reset began),
+    /// since the peer drops what the reset did not contain.
+    reset_until: Option<u64>,
     /// A reset the peer is sending us, until its `CaughtUp`.
     incoming_reset: Option<IncomingReset>,
 }
@@ -286,7 +290,8 @@ struct IncomingReset {
 
 impl Peer {
     /// Streams the whole feed again, announced by a `Forgotten` message (9.7).
-    fn restart_as_reset(&mut self) {
+    fn restart_as_reset(&mut self, until: u64) {
+        self.reset_until = Some(until);
         self.streaming = Some(0);
         self.announced = None;
         self.caught_up_sent = false;
@@ -651,7 +656,7 @@ impl Replica {
                 let reset = after < self.forgotten.floor;
                 if let Some(p) = self.peers.get_mut(&peer) {
                     if reset {
-                        p.restart_as_reset();
+                        p.restart_as_reset(self.meta.seq);
                     } else {
                         p.streaming = Some(after);
                         p.announced = None;
@@ -770,7 +775,11 @@ impl Replica {
         }
         // Nothing left to send: say how far the feed is covered, once after the request and
         // then whenever records the peer sent us moved it on (so its cursor skips them).
-        if last >= self.durable_seq && (!p.caught_up_sent || p.announced.is_none_or(|a| a < last)) {
+        if last >= self.durable_seq
+            && p.reset_until.is_none_or(|until| last >= until)
+            && (!p.caught_up_sent || p.announced.is_none_or(|a| a < last))
+        {
+            p.reset_until = None;
             p.announced = Some(last);
             p.caught_up_sent = true;
             return Some(DbMessage::CaughtUp(CaughtUp {
@@ -1028,7 +1037,7 @@ impl Replica {
         let floor = self.forgotten.floor;
         for (id, p) in &mut self.peers {
             if Some(*id) != exempt && p.streaming.is_some_and(|at| at < floor) {
-                p.restart_as_reset();
+                p.restart_as_reset(self.meta.seq);
             }
         }
     }
