@@ -941,6 +941,9 @@ impl Replica {
             return;
         }
         let forgotten: VersionVector = m.forgotten.iter().map(|(d, c)| (*d, c)).collect();
+        // Like our own dots received (9.5): never reuse a counter someone saw us use.
+        let me = self.key.device_id();
+        self.meta.write_counter = self.meta.write_counter.max(forgotten.get(&me));
         let candidates = self
             .entries
             .iter()
