@@ -661,3 +661,31 @@ fn a_forgotten_version_arriving_from_elsewhere_during_a_reset_is_dropped_at_its_
     assert_eq!(resets.0, 1);
     assert!(c.replica.entry("k").is_none());
 }
+
+#[test]
+fn a_recreated_replica_never_reuses_a_counter_it_only_knows_from_a_forgotten_vector() {
+    let mut a = Node::new(1, 2);
+    let mut b = Node::new(2, 2);
+    b.replica.set_horizon(HOUR);
+    a.put("k", "v");
+    a.delete("k");
+    sync(&mut a, &mut b);
+    assert_eq!(b.collect(T0 + 2 * HOUR), 1);
+    // A loses its database (a new index ID); the only trace of its counter 2 is B's forgotten
+    // vector.
+    let mut a = Node {
+        replica: Replica::new(SHARE, key(1), members(2), ReplicaState::default(), 7777),
+        events: Vec::new(),
+    };
+    a.settle();
+    let (_, resets) = exchange(&mut b, &mut a);
+    assert_eq!(resets.0, 1);
+    let next = a.put("k", "again");
+    assert!(next.counter > 2, "counter reused: {next:?}");
+    sync(&mut a, &mut b);
+    assert_eq!(
+        b.shows("k").as_deref(),
+        Some("again"),
+        "not taken for forgotten"
+    );
+}
