@@ -615,6 +615,15 @@ fn a_device_back_after_the_horizon_keeps_deletions_and_brings_its_own_writes() {
         );
         assert_eq!(r.len(), 104);
     }
+    let back = sim.node(1).unwrap().replica().forgotten().clone();
+    assert!(
+        back.version
+            .dominates(&sim.node(0).unwrap().replica().forgotten().version)
+    );
+    assert!(
+        back.floor > 0,
+        "B dropped k in a reset and raised its floor"
+    );
     // Settled: an idle reconnect afterwards is a handshake and four small messages.
     sim.run_for(Duration::from_secs(1));
     sim.crash(1, false);

@@ -865,30 +865,36 @@ impl Replica {
                     {
                         reset.candidates.remove(&record.dot);
                     }
-                    match self.apply(record.clone(), Some(peer), &mut ops) {
-                        Applied::Forgotten => {
+                    // What the outcome may need once `apply` has taken the record (only when
+                    // something was forgotten or a reset is in progress: no copy otherwise).
+                    let kept = (!self.forgotten.version.is_empty()
+                        || self.peers.values().any(|p| p.incoming_reset.is_some()))
+                    .then(|| (record.dot, record.key.clone(), record.version.clone()));
+                    let applied = self.apply(record, Some(peer), &mut ops);
+                    match (applied, kept) {
+                        (Applied::Forgotten, Some((_, _, version))) => {
                             // The peer holds a version we forgot. Unless a reset we sent it
                             // already makes it drop the version, every peer must be reset.
                             let covered = self
                                 .peers
                                 .get(&peer)
                                 .and_then(|p| p.reset_sent.as_ref())
-                                .is_some_and(|f| f.dominates(&record.version));
+                                .is_some_and(|f| f.dominates(&version));
                             stale |= !covered;
                         }
-                        Applied::Added => {
+                        (Applied::Added, Some((dot, key, version))) => {
                             // A version another peer's reset in progress may declare forgotten:
                             // it is judged with the versions held when that reset began.
                             for (id, p) in &mut self.peers {
                                 if let Some(reset) = p.incoming_reset.as_mut()
                                     && *id != peer
-                                    && reset.forgotten.dominates(&record.version)
+                                    && reset.forgotten.dominates(&version)
                                 {
-                                    reset.candidates.insert(record.dot, record.key.clone());
+                                    reset.candidates.insert(dot, key.clone());
                                 }
                             }
                         }
-                        Applied::Ignored => {}
+                        _ => {}
                     }
                 }
                 Err(e) => {
