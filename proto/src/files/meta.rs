@@ -98,10 +98,9 @@ impl FileMeta {
     /// Decodes and checks a document (see [`FileMeta::check`]).
     pub fn decode(bytes: &[u8]) -> Result<FileMeta, ProtocolViolation> {
         let meta: FileMeta = codec::decode(bytes)?;
-        meta.check()
-            .map_err(|detail| ProtocolViolation::MalformedMessage {
-                detail: detail.to_owned(),
-            })?;
+        meta.check().map_err(|detail| ProtocolViolation::MalformedMessage {
+            detail: detail.to_owned(),
+        })?;
         Ok(meta)
     }
 
