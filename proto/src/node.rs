@@ -149,6 +149,8 @@ pub struct Node {
     /// What peers reported of their folders.
     peer_pending: BTreeMap<(DeviceId, ShareId), u64>,
     outputs: VecDeque<Output>,
+    /// The tombstone horizon given to every replica, in microseconds.
+    tombstone_horizon: u64,
 }
 
 impl Node {
@@ -171,6 +173,7 @@ impl Node {
             folder_pending: BTreeMap::new(),
             peer_pending: BTreeMap::new(),
             outputs: VecDeque::new(),
+            tombstone_horizon: db::replica::DEFAULT_TOMBSTONE_HORIZON_MICROS,
         }
     }
 
@@ -251,6 +254,7 @@ impl Node {
         random_index: u64,
     ) {
         let mut replica = Replica::new(share, self.key.clone(), members, state, random_index);
+        replica.set_horizon(self.tombstone_horizon);
         for peer in self.current.keys() {
             if replica.is_member(peer) {
                 replica.peer_connected(*peer);
@@ -376,6 +380,31 @@ impl Node {
         });
         // A closed session drops the answer; the asker re-asks elsewhere.
         let _ = c.session.send(message, Priority::Bulk);
+    }
+
+    /// Sets how long tombstones are kept, in microseconds, for every share, open or opened
+    /// later (default [`DEFAULT_TOMBSTONE_HORIZON_MICROS`](db::replica::DEFAULT_TOMBSTONE_HORIZON_MICROS),
+    /// 455 days). See [`Replica::set_horizon`].
+    pub fn set_tombstone_horizon(&mut self, micros: u64) {
+        self.tombstone_horizon = micros;
+        for replica in self.shares.values_mut() {
+            replica.set_horizon(micros);
+        }
+    }
+
+    /// Forgets, in every share, the tombstones older than the horizon at the wall-clock time
+    /// `wall_micros` (Unix epoch). See [`Replica::collect_garbage`]; call it rarely (daily).
+    /// Returns how many tombstones were forgotten.
+    pub fn collect_garbage(&mut self, wall_micros: u64) -> usize {
+        let shares: Vec<ShareId> = self.shares.keys().copied().collect();
+        let mut collected = 0;
+        for share in shares {
+            if let Some(r) = self.shares.get_mut(&share) {
+                collected += r.collect_garbage(wall_micros);
+            }
+            self.collect(share);
+        }
+        collected
     }
 
     // ---- inputs -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use clearskies_proto::crypto::DeviceKey;
-use clearskies_proto::db::msg::{CaughtUp, Records, Refused, SyncRequest};
+use clearskies_proto::db::msg::{CaughtUp, Forgotten, Records, Refused, SyncRequest};
 use clearskies_proto::db::record::{
     MAX_KEY_LEN, MAX_VALUE_LEN, MAX_VERSION_ENTRIES, RECORD_SIGNATURE_CONTEXT,
 };
@@ -339,6 +339,16 @@ fn message_from_json(m: &Value) -> DbMessage {
             },
             error: s(m, "error").to_owned(),
         }),
+        "Forgotten" => DbMessage::Forgotten(Forgotten {
+            share,
+            index: u(m, "index"),
+            forgotten: m["forgotten"]
+                .as_array()
+                .expect("forgotten")
+                .iter()
+                .map(|e| (device(e[0].as_str().unwrap()), e[1].as_u64().unwrap()))
+                .collect(),
+        }),
         other => panic!("unknown message type {other}"),
     }
 }
@@ -386,7 +396,7 @@ fn message_vectors() {
             decoded += 1;
         }
     }
-    assert_eq!(types.len(), 4, "every message type has a vector: {types:?}");
+    assert_eq!(types.len(), 5, "every message type has a vector: {types:?}");
     assert!(
         decoded >= 10 && canonical >= 8 && ignored >= 3 && malformed >= 15 && with_tag >= 8,
         "only {decoded} decoded ({canonical} canonical, {with_tag} of the share), {ignored} \

@@ -1,7 +1,8 @@
 //! The replicated database in the deterministic simulator: replicas behind real Sessions,
 //! a simulated store with latency, cut connections, partitions, relays, crashes and restarts,
-//! checked against a reference model. `SIM_SEED=n` replays a run; `PROPTEST_CASES=n` sets how
-//! many random operation sequences run (default 256).
+//! checked against a reference model, with and without tombstone collection. `SIM_SEED=n`
+//! replays a run; `PROPTEST_CASES=n` sets how many random operation sequences each property
+//! test runs (default 256).
 
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -23,6 +24,14 @@ const SHARE: ShareId = [7u8; 32];
 const STORE_LATENCY: Duration = Duration::from_millis(3);
 /// Epoch offset so hybrid timestamps look like real wall-clock microseconds.
 const WALL_ORIGIN: u64 = 1_700_000_000_000_000;
+/// The tombstone horizon of every simulated node: an hour instead of 455 days, so that
+/// simulated time can pass it.
+const HORIZON: Duration = Duration::from_secs(3600);
+
+/// The most an idle reconnect may cost on the wire, both directions, handshakes included: two
+/// prefaces and HELLOs naming the database and files extensions (about 190 bytes each) plus a
+/// SyncRequest and a CaughtUp each way (about 60 bytes each with their headers).
+const IDLE_RECONNECT_BYTES: u64 = 500;
 
 fn key_of(node: NodeId) -> DeviceKey {
     DeviceKey::from_secret(&[node as u8 + 1; 32])
@@ -57,6 +66,9 @@ struct Durable {
     state: ReplicaState,
     /// Persist batches applied, to check atomicity and order.
     batches: u64,
+    /// Every version ever stored here (test bookkeeping, not part of the store): what the
+    /// converged result is computed from.
+    ever: BTreeMap<Dot, Record>,
 }
 
 impl Durable {
@@ -64,13 +76,15 @@ impl Durable {
         for op in ops {
             match op {
                 PersistOp::PutRecord { seq, record } => {
-                    self.state.records.push((*seq, record.clone()))
+                    self.state.records.push((*seq, record.clone()));
+                    self.ever.insert(record.dot, record.clone());
                 }
                 PersistOp::RemoveRecord { seq } => self.state.records.retain(|(s, _)| s != seq),
                 PersistOp::SetCursor { peer, cursor } => {
                     self.state.cursors.insert(*peer, *cursor);
                 }
                 PersistOp::SetMeta(meta) => self.state.meta = *meta,
+                PersistOp::SetForgotten(f) => self.state.forgotten = f.clone(),
             }
         }
         self.batches += 1;
@@ -105,6 +119,7 @@ impl DbHost {
         read_only: &[NodeId],
         durable: Option<&Durable>,
         now: Timestamp,
+        horizon: Duration,
     ) -> DbHost {
         let durable = durable.cloned().unwrap_or_default();
         let config = SessionConfig {
@@ -112,6 +127,7 @@ impl DbHost {
             ..SessionConfig::default()
         };
         let mut node = Node::new(key_of(node_id), config, now);
+        node.set_tombstone_horizon(horizon.as_micros() as u64);
         node.open_share(
             SHARE,
             members(n, read_only),
@@ -172,6 +188,13 @@ impl DbHost {
         dot
     }
 
+    /// Collects tombstones older than the horizon; returns how many.
+    fn collect_garbage(&mut self, now: Timestamp) -> usize {
+        let n = self.node.collect_garbage(WALL_ORIGIN + now.as_micros());
+        self.collect(now);
+        n
+    }
+
     /// Drains the node's outputs.
     fn collect(&mut self, now: Timestamp) {
         while let Some(out) = self.node.poll_output() {
@@ -212,13 +235,17 @@ impl DbHost {
     }
 
     fn state_digest(&self) -> Digest {
-        self.replica()
-            .records()
-            .map(|(_, r)| (r.key.clone(), (r.dot, r.value.as_ref().map(|v| v.to_vec()))))
-            .fold(BTreeMap::new(), |mut m, (k, v)| {
-                m.entry(k).or_insert_with(BTreeSet::new).insert(v);
-                m
-            })
+        digest(self.replica().records().map(|(_, r)| r))
+    }
+
+    /// [`state_digest`](DbHost::state_digest) without tombstones.
+    fn live_digest(&self) -> Digest {
+        digest(
+            self.replica()
+                .records()
+                .map(|(_, r)| r)
+                .filter(|r| !r.is_tombstone()),
+        )
     }
 }
 
@@ -299,9 +326,27 @@ impl SimNode for DbHost {
     }
 }
 
+fn digest<'a>(records: impl Iterator<Item = &'a Record>) -> Digest {
+    records
+        .map(|r| (r.key.clone(), (r.dot, r.value.as_ref().map(|v| v.to_vec()))))
+        .fold(BTreeMap::new(), |mut m, (k, v)| {
+            m.entry(k).or_insert_with(BTreeSet::new).insert(v);
+            m
+        })
+}
+
 fn simulator(seed: u64, n: u32, read_only: &'static [NodeId]) -> Simulator<DbHost> {
+    simulator_with_horizon(seed, n, read_only, HORIZON)
+}
+
+fn simulator_with_horizon(
+    seed: u64,
+    n: u32,
+    read_only: &'static [NodeId],
+    horizon: Duration,
+) -> Simulator<DbHost> {
     let mut sim = Simulator::new(seed, move |id, durable, now| {
-        DbHost::new(id, n, read_only, durable, now)
+        DbHost::new(id, n, read_only, durable, now, horizon)
     });
     for _ in 0..n {
         let skew = ClockSkew {
@@ -510,10 +555,148 @@ fn idle_reconnect_costs_a_handshake_and_four_small_messages() {
     // Two prefaces + HELLOs naming the database and files extensions (about 190 bytes each)
     // plus a SyncRequest and a CaughtUp each way (about 60 bytes each with their frame and
     // extension header).
-    assert!(idle <= 500, "idle reconnect cost {idle} bytes");
+    assert!(
+        idle <= IDLE_RECONNECT_BYTES,
+        "idle reconnect cost {idle} bytes"
+    );
     eprintln!(
         "idle reconnect: {idle} bytes on the wire in total, both directions, handshake included"
     );
+}
+
+/// Total session bytes sent by both nodes of a 2-node simulation, handshakes included.
+fn wire_bytes(sim: &Simulator<DbHost>) -> u64 {
+    sim.node_ids()
+        .into_iter()
+        .filter_map(|n| sim.node(n))
+        .flat_map(|h| h.sessions().map(|(_, x)| x.stats().bytes_sent))
+        .sum()
+}
+
+fn shows(sim: &Simulator<DbHost>, node: NodeId, key: &str) -> Option<Vec<u8>> {
+    sim.node(node)
+        .and_then(|h| h.replica().get(key).map(|v| v.to_vec()))
+}
+
+#[test]
+fn a_device_back_after_the_horizon_keeps_deletions_and_brings_its_own_writes() {
+    let mut sim = simulator(11, 2, &[]);
+    sim.run_for(Duration::from_secs(1));
+    for k in ["k", "edited", "kept"] {
+        with(&mut sim, 0, |h, now| h.put(now, k, b"original"));
+    }
+    for i in 0..100 {
+        with(&mut sim, 0, |h, now| {
+            h.put(now, &format!("bulk{i:03}"), b"x")
+        });
+    }
+    assert!(sim.run_until_true(Duration::from_secs(10), all_equal));
+    // B (node 1) goes away. A deletes k and writes; B writes a key of its own and edits one
+    // that A edits too.
+    sim.partition(0, 1);
+    sim.run_for(Duration::from_secs(1));
+    with(&mut sim, 0, |h, now| h.delete(now, "k"));
+    with(&mut sim, 0, |h, now| h.put(now, "new-on-a", b"a"));
+    with(&mut sim, 0, |h, now| h.put(now, "edited", b"by a"));
+    with(&mut sim, 1, |h, now| h.put(now, "new-on-b", b"b"));
+    with(&mut sim, 1, |h, now| h.put(now, "edited", b"by b"));
+    // Beyond the horizon: A forgets the tombstone.
+    sim.run_for(HORIZON + Duration::from_secs(60));
+    assert_eq!(with(&mut sim, 0, |h, now| h.collect_garbage(now)), Some(1));
+    assert_eq!(with(&mut sim, 1, |h, now| h.collect_garbage(now)), Some(0));
+    assert!(sim.node(0).unwrap().replica().entry("k").is_none());
+    assert!(sim.node(0).unwrap().replica().forgotten().floor > 0);
+    sim.heal_all();
+    if !sim.run_until_true(Duration::from_secs(120), all_equal) {
+        dump(&sim);
+        panic!("did not converge");
+    }
+    for n in 0..2 {
+        let r = sim.node(n).unwrap().replica();
+        assert!(r.entry("k").is_none(), "node {n}: k came back");
+        assert_eq!(shows(&sim, n, "new-on-b").as_deref(), Some(&b"b"[..]));
+        assert_eq!(shows(&sim, n, "new-on-a").as_deref(), Some(&b"a"[..]));
+        assert_eq!(shows(&sim, n, "kept").as_deref(), Some(&b"original"[..]));
+        assert_eq!(shows(&sim, n, "bulk099").as_deref(), Some(&b"x"[..]));
+        let edited = r.entry("edited").unwrap();
+        assert_eq!(
+            edited.siblings().count(),
+            2,
+            "node {n}: both offline edits kept"
+        );
+        assert_eq!(r.len(), 104);
+    }
+    let back = sim.node(1).unwrap().replica().forgotten().clone();
+    assert!(
+        back.version
+            .dominates(&sim.node(0).unwrap().replica().forgotten().version)
+    );
+    assert!(
+        back.floor > 0,
+        "B dropped k in a reset and raised its floor"
+    );
+    // Settled: an idle reconnect afterwards is a handshake and four small messages.
+    sim.run_for(Duration::from_secs(1));
+    sim.crash(1, false);
+    sim.run_for(Duration::from_secs(1));
+    sim.restart(1);
+    let caught_before = sim.node(1).unwrap().caught_up;
+    assert!(
+        sim.run_until_true(Duration::from_secs(10), |s| s.node(1).unwrap().caught_up
+            > caught_before)
+    );
+    sim.run_for(Duration::from_millis(100));
+    let idle = wire_bytes(&sim);
+    assert!(
+        idle <= IDLE_RECONNECT_BYTES,
+        "reconnect after the reset cost {idle} bytes"
+    );
+}
+
+#[test]
+fn a_device_back_before_the_horizon_catches_up_incrementally_and_collection_resets_nobody() {
+    let mut sim = simulator(12, 2, &[]);
+    sim.run_for(Duration::from_secs(1));
+    for i in 0..100 {
+        with(&mut sim, 0, |h, now| {
+            h.put(now, &format!("bulk{i:03}"), b"x")
+        });
+    }
+    with(&mut sim, 0, |h, now| h.put(now, "k", b"v"));
+    assert!(sim.run_until_true(Duration::from_secs(10), all_equal));
+    sim.partition(0, 1);
+    with(&mut sim, 0, |h, now| h.delete(now, "k"));
+    sim.run_for(HORIZON / 2);
+    assert_eq!(with(&mut sim, 0, |h, now| h.collect_garbage(now)), Some(0));
+    sim.heal_all();
+    assert!(sim.run_until_true(Duration::from_secs(120), all_equal));
+    let e = sim.node(1).unwrap().replica().entry("k").unwrap().clone();
+    assert!(
+        e.winner().is_tombstone(),
+        "the tombstone arrived incrementally"
+    );
+    // Both pass the horizon together and collect: nobody needs a reset.
+    sim.run_for(HORIZON);
+    for n in 0..2 {
+        assert_eq!(with(&mut sim, n, |h, now| h.collect_garbage(now)), Some(1));
+    }
+    sim.run_for(Duration::from_secs(1));
+    sim.crash(1, false);
+    sim.run_for(Duration::from_secs(1));
+    sim.restart(1);
+    let caught_before = sim.node(1).unwrap().caught_up;
+    assert!(
+        sim.run_until_true(Duration::from_secs(10), |s| s.node(1).unwrap().caught_up
+            > caught_before)
+    );
+    sim.run_for(Duration::from_millis(100));
+    let bytes = wire_bytes(&sim);
+    assert!(
+        bytes <= IDLE_RECONNECT_BYTES,
+        "a reconnect after collection cost {bytes} bytes: a reset?"
+    );
+    assert!(all_equal(&sim));
+    assert!(sim.node(1).unwrap().replica().entry("k").is_none());
 }
 
 // ---- property test against a reference model ------------------------------------------
@@ -640,6 +823,132 @@ proptest! {
     }
 }
 
+// ---- the same with tombstone collection -------------------------------------------------
+
+/// The horizon of the collection property test: longer than most partitions it generates.
+const PROPTEST_HORIZON: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+enum GcOp {
+    Op(Op),
+    Collect { node: u32 },
+}
+
+fn gc_op(n: u32) -> impl Strategy<Value = GcOp> {
+    prop_oneof![
+        10 => op(n).prop_map(GcOp::Op),
+        2 => (0..n).prop_map(|node| GcOp::Collect { node }),
+    ]
+}
+
+fn live_equal(sim: &Simulator<DbHost>) -> bool {
+    let ids = sim.node_ids();
+    let Some(first) = sim.node(ids[0]).map(DbHost::live_digest) else {
+        return false;
+    };
+    ids.iter().all(|&i| {
+        sim.node(i)
+            .is_some_and(|h| h.live_digest() == first && h.writing.is_empty())
+    })
+}
+
+/// What the replicas converge to without collection, tombstones left out: per key, the
+/// versions that no other version stored anywhere supersedes (7.1), if they are documents.
+fn expected_live(sim: &Simulator<DbHost>) -> Digest {
+    let mut ever: BTreeMap<Dot, Record> = BTreeMap::new();
+    for id in sim.node_ids() {
+        if let Some(h) = sim.node(id) {
+            ever.extend(h.durable.ever.iter().map(|(d, r)| (*d, r.clone())));
+        }
+    }
+    let maximal = ever.values().filter(|r| {
+        !ever.values().any(|o| {
+            o.key == r.key
+                && o.version.causality(&r.version) == clearskies_proto::db::Causality::After
+        })
+    });
+    digest(maximal.filter(|r| !r.is_tombstone()))
+}
+
+fn run_gc_ops(seed: u64, ops: Vec<GcOp>) -> Result<(), TestCaseError> {
+    let n = 4;
+    let mut sim = simulator_with_horizon(seed, n, &[], PROPTEST_HORIZON);
+    sim.set_random_cuts(10, 20_000);
+    sim.run_for(Duration::from_secs(1));
+    let mut collected = 0;
+    for op in ops {
+        match op {
+            GcOp::Op(Op::Put { node, key, value }) => {
+                let v = vec![value; 1 + usize::from(value) % 7];
+                with(&mut sim, node, |h, now| {
+                    h.put(now, &format!("key{key}"), &v)
+                });
+            }
+            GcOp::Op(Op::Delete { node, key }) => {
+                with(&mut sim, node, |h, now| h.delete(now, &format!("key{key}")));
+            }
+            GcOp::Op(Op::Partition { a, b }) if a != b => sim.partition(a, b),
+            GcOp::Op(Op::Partition { .. }) => {}
+            GcOp::Op(Op::Heal) => sim.heal_all(),
+            GcOp::Op(Op::Crash { node, silent }) => sim.crash(node, silent),
+            GcOp::Op(Op::Restart { node }) => sim.restart(node),
+            GcOp::Op(Op::Advance { millis }) => sim.run_for(Duration::from_millis(millis * 4)),
+            GcOp::Collect { node } => {
+                collected += with(&mut sim, node, |h, now| h.collect_garbage(now)).unwrap_or(0);
+            }
+        }
+    }
+    sim.clear_random_cuts();
+    sim.heal_all();
+    for id in sim.node_ids() {
+        sim.restart(id);
+    }
+    let converged = sim.run_until_true(Duration::from_secs(600), live_equal);
+    if !converged {
+        dump(&sim);
+    }
+    prop_assert!(
+        converged,
+        "replicas did not converge (seed {seed}, {collected} collected)"
+    );
+    // Everyone passes the horizon and collects: what is left is the same everywhere, and is
+    // what the replicas converge to with no collection at all, tombstones left out.
+    sim.run_for(PROPTEST_HORIZON + Duration::from_secs(10));
+    for id in sim.node_ids() {
+        with(&mut sim, id, |h, now| h.collect_garbage(now));
+    }
+    let converged = sim.run_until_true(Duration::from_secs(600), all_equal);
+    if !converged {
+        dump(&sim);
+    }
+    prop_assert!(
+        converged,
+        "not equal after the final collection (seed {seed})"
+    );
+    let got = sim.node(0).unwrap().state_digest();
+    let want = expected_live(&sim);
+    if got != want {
+        dump(&sim);
+    }
+    prop_assert_eq!(
+        got,
+        want,
+        "seed {}, {} collected during the run",
+        seed,
+        collected
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::default())]
+
+    #[test]
+    fn collecting_tombstones_never_changes_the_converged_result(seed in any::<u64>(), ops in proptest::collection::vec(gc_op(4), 1..40)) {
+        run_gc_ops(seed, ops)?;
+    }
+}
+
 #[test]
 fn a_week_offline_catches_up_in_one_round_trip() {
     let mut sim = simulator(8, 2, &[]);
@@ -689,4 +998,28 @@ fn a_week_offline_catches_up_in_one_round_trip() {
         "week offline: 700 records caught up {took:?} after the session was established (RTT {:?})",
         latency * 2
     );
+}
+
+/// Shrunk from `collecting_tombstones_never_changes_the_converged_result`: node 0, restarted
+/// empty, completes a reset from node 2 while node 2's key0 is applied but not yet durable,
+/// drops a forgotten tombstone and so resets nodes 1 and 3. Its reset stream must not end
+/// before key0 is durable and sent, or they drop key0 as forgotten (9.7.2).
+#[test]
+fn regression_a_reset_waits_for_versions_not_yet_durable() {
+    let ops = vec![
+        GcOp::Op(Op::Put {
+            node: 2,
+            key: 0,
+            value: 0,
+        }),
+        GcOp::Op(Op::Crash {
+            node: 0,
+            silent: false,
+        }),
+        GcOp::Op(Op::Delete { node: 2, key: 1 }),
+        GcOp::Op(Op::Advance { millis: 4256 }),
+        GcOp::Op(Op::Advance { millis: 3437 }),
+        GcOp::Collect { node: 2 },
+    ];
+    run_gc_ops(0, ops).unwrap();
 }

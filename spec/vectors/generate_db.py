@@ -42,7 +42,7 @@ MAX_VERSION_ENTRIES = 256
 RECORD_SIGNATURE_CONTEXT = b"clearskies/db/record/v1\x00"
 DB_EXTENSION = "org.clearskies.db"
 
-SYNC_REQUEST, RECORDS, CAUGHT_UP, REFUSED = 0, 1, 2, 3
+SYNC_REQUEST, RECORDS, CAUGHT_UP, REFUSED, FORGOTTEN = 0, 1, 2, 3, 4
 
 SHARE = bytes([9]) * 32
 OTHER_SHARE = bytes([8]) * 32
@@ -115,7 +115,7 @@ class Record:
             "k": self.key,
             "v": self.value,
             "vv": dict(self.version),
-            "d": {"writer": self.dot[0], "counter": self.dot[1]},
+            "d": [self.dot[0], self.dot[1]],
             "t": self.hlc,
             "s": self.signature,
         }
@@ -471,15 +471,30 @@ def messages(named):
     # -- Refused
     ok("refused", "The receiver refused device-1's record 3 of key notes/1: bad-signature.",
        cbor2.dumps([REFUSED, {"s": TAG, "k": "notes/1",
-                              "d": {"writer": D1.id, "counter": 3}, "e": "bad-signature"}]),
+                              "d": [D1.id, 3], "e": "bad-signature"}]),
        {"type": "Refused", "share": TAG, "key": "notes/1",
         "dot": {"writer": D1.id.hex(), "counter": 3}, "error": "bad-signature"})
     ok("refused-unknown-code", "The error is free text to the receiver: a code this version "
        "does not define is carried as is.",
-       cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": {"writer": D4.id, "counter": 1},
+       cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": [D4.id, 1],
                               "e": "some-future-code"}]),
        {"type": "Refused", "share": TAG, "key": "k",
         "dot": {"writer": D4.id.hex(), "counter": 1}, "error": "some-future-code"})
+
+    # -- Forgotten (a reset follows)
+    def forgotten(share, index, vector):
+        return {"type": "Forgotten", "share": share, "index": index,
+                "forgotten": [[w.hex(), c] for w, c in sorted(vector.items())]}
+
+    fv = {D1.id: 7, D2.id: 3}
+    ok("forgotten", "A reset starts: the sender has forgotten versions up to device-1's "
+       "counter 7 and device-2's counter 3 (the merge of the vectors of the tombstones it "
+       "collected); its whole feed and a CaughtUp follow.",
+       cbor2.dumps([FORGOTTEN, {"s": TAG, "i": index, "f": dict(sorted(fv.items()))}]),
+       forgotten(TAG, index, fv))
+    ok("forgotten-empty-vector", "An empty forgotten vector decodes (a reset that makes the "
+       "receiver drop nothing).",
+       cbor2.dumps([FORGOTTEN, {"s": TAG, "i": 77, "f": {}}]), forgotten(TAG, 77, {}))
 
     # -- lenient decoding (not canonical)
     ok("sync-request-keys-reordered-and-unknown", "Map keys in another order and an unknown "
@@ -543,9 +558,19 @@ def messages(named):
     short_id = dict(item, vv={D1.id[:31]: 1})
     err("records-short-device-id", "A version-vector key of 31 bytes is not a device ID.",
         cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, short_id]]}]))
-    text_id = dict(item, d={"writer": D1.id.hex(), "counter": 1})
+    text_id = dict(item, d=[D1.id.hex(), 1])
     err("records-text-device-id", "A dot whose writer is 64 hex characters of text, not 32 "
         "bytes.", cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, text_id]]}]))
+    old_dot = dict(item, d={"writer": D1.id, "counter": 1})
+    err("records-dot-as-map", "A dot in the map form of drafts before compact dots "
+        "({\"writer\": ..., \"counter\": ...}): a dot is a two-item array.",
+        cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, old_dot]]}]))
+    long_dot = dict(item, d=[D1.id, 1, 0])
+    err("records-dot-of-three", "A dot array with a third item.",
+        cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, long_dot]]}]))
+    short_dot = dict(item, d=[D1.id])
+    err("records-dot-of-one", "A dot array without its counter.",
+        cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, short_dot]]}]))
     no_value = {k: v for k, v in item.items() if k != "v"}
     err("records-missing-value", "A record without its 'v' key: a tombstone writes null, "
         "never omits the key.", cbor2.dumps([RECORDS, {"s": TAG, "i": 1, "r": [[1, no_value]]}]))
@@ -562,8 +587,12 @@ def messages(named):
        splice([RECORDS, {"s": TAG, "i": 1, "r": [[1, PLACEHOLDER]]}],
               raw.replace(vv_once, vv_twice)),
        records_msg(TAG, 1, [(1, named["first-write"])]), canonical=False)
+    err("forgotten-missing-vector", "A Forgotten without its 'f' field.",
+        cbor2.dumps([FORGOTTEN, {"s": TAG, "i": 1}]))
+    err("forgotten-vector-as-array", "A forgotten vector written as an array of pairs, not a "
+        "map.", cbor2.dumps([FORGOTTEN, {"s": TAG, "i": 1, "f": [[D1.id, 7]]}]))
     err("refused-missing-error", "A Refused without its 'e' field.",
-        cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": {"writer": D1.id, "counter": 1}}]))
+        cbor2.dumps([REFUSED, {"s": TAG, "k": "k", "d": [D1.id, 1]}]))
 
     first = cases[0]
     assert first["name"] == "sync-request-first-contact"

@@ -211,7 +211,10 @@ mod tests {
         let d = chunk(4, 1000);
         cache.put(&d.0, &d.1).unwrap();
         assert!(cache.size().unwrap() <= 3000);
-        assert!(!cache.contains(&b.0).unwrap(), "the least recently used chunk went first");
+        assert!(
+            !cache.contains(&b.0).unwrap(),
+            "the least recently used chunk went first"
+        );
         assert!(cache.contains(&a.0).unwrap() && cache.contains(&d.0).unwrap());
         // Bytes that do not match their hash never enter.
         cache.put(&a.0, &[9; 10]).unwrap();
@@ -231,7 +234,11 @@ mod tests {
         let cache = ChunkCache::open(dir.path(), 10_000).unwrap();
         fs::write(cache.file(&b.0), b"not the chunk").unwrap();
         assert_eq!(cache.get(&a.0).unwrap(), Some(a.1));
-        assert_eq!(cache.get(&b.0).unwrap(), None, "a damaged chunk is never handed out");
+        assert_eq!(
+            cache.get(&b.0).unwrap(),
+            None,
+            "a damaged chunk is never handed out"
+        );
         assert!(!cache.contains(&b.0).unwrap());
         // Reopened with a smaller limit: trimmed at once.
         drop(cache);

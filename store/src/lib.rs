@@ -24,7 +24,9 @@ pub use folder::{Folder, FolderError, LocalChange, Staging};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use clearskies_proto::db::{Cursor, Meta, PersistOp, Record, ReplicaState};
+use clearskies_proto::db::{
+    Cursor, Forgotten, Meta, PersistOp, Record, ReplicaState, VersionVector,
+};
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::wire::codec;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -38,10 +40,13 @@ pub use cache::ChunkCache;
 const RECORDS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("records");
 /// Per-peer cursors: device ID → index ID ‖ seq (16 bytes, big-endian).
 const CURSORS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("cursors");
-/// The replica's metadata under the key `meta`: index ‖ seq ‖ write counter ‖ hlc.
+/// The replica's metadata under the key `meta`: format ‖ index ‖ seq ‖ write counter ‖ hlc;
+/// what it forgot under the key `forgotten`: reset floor (8 bytes, big-endian) ‖ the forgotten
+/// version vector as CBOR.
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
-/// The on-disk format version, under the key `format`.
-const FORMAT: u64 = 1;
+/// The on-disk format version: the first word of the metadata. 2 since dots are stored in
+/// their compact wire form; a format-1 file is refused (it predates any release).
+const FORMAT: u64 = 2;
 
 /// Why the store failed. The message says what to do.
 #[derive(Debug)]
@@ -145,6 +150,12 @@ impl ReplicaStore {
                         }
                         meta.insert("meta", v.as_slice()).map_err(|e| err(&e))?;
                     }
+                    PersistOp::SetForgotten(f) => {
+                        let mut v = f.floor.to_be_bytes().to_vec();
+                        v.extend_from_slice(&codec::encode(&f.version));
+                        meta.insert("forgotten", v.as_slice())
+                            .map_err(|e| err(&e))?;
+                    }
                 }
             }
         }
@@ -170,13 +181,28 @@ impl ReplicaStore {
                             .ok_or_else(|| corrupt("metadata is truncated".into()))
                     };
                     if word(0)? != FORMAT {
-                        return Err(corrupt(format!("format {} is not {FORMAT}", word(0)?)));
+                        return Err(corrupt(format!(
+                            "format {} is not {FORMAT} (written by an older development build)",
+                            word(0)?
+                        )));
                     }
                     state.meta = Meta {
                         index: word(1)?,
                         seq: word(2)?,
                         write_counter: word(3)?,
                         hlc: word(4)?,
+                    };
+                }
+                if let Some(v) = meta.get("forgotten").map_err(|e| err(&e))? {
+                    let v = v.value();
+                    let (floor, vector) = v
+                        .split_first_chunk::<8>()
+                        .ok_or_else(|| corrupt("forgotten state is truncated".into()))?;
+                    let version: VersionVector = codec::decode(vector)
+                        .map_err(|e| corrupt(format!("forgotten vector: {e}")))?;
+                    state.forgotten = Forgotten {
+                        version,
+                        floor: u64::from_be_bytes(*floor),
                     };
                 }
             }

@@ -155,3 +155,35 @@ fn acknowledged_writes_survive_kill_9() {
         "the write counter went backwards"
     );
 }
+
+#[test]
+fn collected_tombstones_leave_the_store_and_what_was_forgotten_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.redb");
+    let (store, state) = ReplicaStore::open(&path).unwrap();
+    let mut r = replica(state);
+    let hour = 3_600_000_000;
+    r.set_horizon(hour);
+    r.put(1_700_000_000_000_000, "kept", Bytes::from_static(b"v"))
+        .unwrap();
+    r.put(1_700_000_000_000_001, "gone", Bytes::from_static(b"v"))
+        .unwrap();
+    r.delete(1_700_000_000_000_002, "gone").unwrap();
+    settle(&mut r, &store);
+    assert_eq!(r.collect_garbage(1_700_000_000_000_002 + hour), 1);
+    settle(&mut r, &store);
+    let forgotten = r.forgotten().clone();
+    assert_eq!(forgotten.floor, 3);
+    assert_eq!(forgotten.version.get(&r.device()), 3);
+    let meta = r.meta();
+    drop(store);
+
+    let (_store, state) = ReplicaStore::open(&path).unwrap();
+    assert_eq!(state.meta, meta);
+    assert_eq!(state.forgotten, forgotten);
+    assert_eq!(state.records.len(), 1, "only the live record is left");
+    assert_eq!(state.records[0].1.key, "kept");
+    let again = replica(state);
+    assert!(again.entry("gone").is_none());
+    assert_eq!(again.forgotten(), &forgotten);
+}

@@ -148,8 +148,9 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for entry in entries {
-        let entry = entry.unwrap();
+    // The daemons change the trees while they are read: what vanishes meanwhile is left out
+    // (the next look sees the settled state).
+    for entry in entries.flatten() {
         let path = entry.path();
         let rel = path
             .strip_prefix(root)
@@ -159,18 +160,22 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         if rel == ".clearskies" {
             continue;
         }
-        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         let mode = meta.permissions().mode() & 0o7777;
         let desc = if meta.file_type().is_symlink() {
-            format!(
-                "link -> {}",
-                std::fs::read_link(&path).unwrap().to_string_lossy()
-            )
+            let Ok(target) = std::fs::read_link(&path) else {
+                continue;
+            };
+            format!("link -> {}", target.to_string_lossy())
         } else if meta.is_dir() {
             walk(root, &path, out);
             format!("dir {mode:o}")
         } else {
-            let digest = sha_of(&path);
+            let Some(digest) = sha_of(&path) else {
+                continue;
+            };
             format!(
                 "file {mode:o} {} {} mtime {}.{:09}",
                 meta.len(),
@@ -183,19 +188,19 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
     }
 }
 
-fn sha_of(path: &Path) -> String {
+fn sha_of(path: &Path) -> Option<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).unwrap();
+    let mut f = std::fs::File::open(path).ok()?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).unwrap();
+        let n = f.read(&mut buf).ok()?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
     }
-    hex::encode(h.finalize())
+    Some(hex::encode(h.finalize()))
 }
 
 /// Waits until the trees under `a` and `b` are equal; panics with the difference on timeout.

@@ -19,6 +19,7 @@ pub const DB_EXTENSION: &str = "org.clearskies.db";
 pub use msg::DbMessage;
 pub use record::{Record, RecordError, ShareId};
 pub use replica::{
-    Access, Cursor, Entry, Event, Member, Meta, Output, PersistOp, Replica, ReplicaState,
+    Access, Cursor, DEFAULT_TOMBSTONE_HORIZON_MICROS, Entry, Event, Forgotten, Member, Meta,
+    Output, PersistOp, Replica, ReplicaState,
 };
 pub use vv::{Causality, Dot, VersionVector};

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::record::Record;
+use super::vv::VersionVector;
 use crate::error::ProtocolViolation;
 use crate::wire::codec;
 
@@ -74,6 +75,23 @@ pub struct Refused {
     pub error: String,
 }
 
+/// The sender has collected tombstones the receiver may not have seen: a **reset** follows
+/// (`spec/database.md` § 9.7). The sender's feed is streamed again from its start, then a
+/// `CaughtUp`; every version the receiver holds that `forgotten` dominates and that the stream
+/// did not contain was deleted, and is dropped when that `CaughtUp` arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forgotten {
+    /// The share.
+    #[serde(rename = "s")]
+    pub share: ShareTag,
+    /// The sender's index ID.
+    #[serde(rename = "i")]
+    pub index: u64,
+    /// The merge of the version vectors of every version the sender has forgotten.
+    #[serde(rename = "f")]
+    pub forgotten: VersionVector,
+}
+
 /// A database message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -86,6 +104,8 @@ pub enum DbMessage {
     CaughtUp(CaughtUp),
     /// `3`
     Refused(Refused),
+    /// `4`
+    Forgotten(Forgotten),
 }
 
 impl DbMessage {
@@ -96,6 +116,7 @@ impl DbMessage {
             DbMessage::Records(m) => m.share,
             DbMessage::CaughtUp(m) => m.share,
             DbMessage::Refused(m) => m.share,
+            DbMessage::Forgotten(m) => m.share,
         }
     }
 
@@ -106,6 +127,7 @@ impl DbMessage {
             DbMessage::Records(m) => codec::encode(&(1u8, m)),
             DbMessage::CaughtUp(m) => codec::encode(&(2u8, m)),
             DbMessage::Refused(m) => codec::encode(&(3u8, m)),
+            DbMessage::Forgotten(m) => codec::encode(&(4u8, m)),
         };
         Bytes::from(bytes)
     }
@@ -118,6 +140,7 @@ impl DbMessage {
             1 => DbMessage::Records(codec::decode::<(u8, Records)>(payload)?.1),
             2 => DbMessage::CaughtUp(codec::decode::<(u8, CaughtUp)>(payload)?.1),
             3 => DbMessage::Refused(codec::decode::<(u8, Refused)>(payload)?.1),
+            4 => DbMessage::Forgotten(codec::decode::<(u8, Forgotten)>(payload)?.1),
             _ => return Ok(None),
         }))
     }

@@ -13,12 +13,20 @@
 //! [`handle_persisted`](Replica::handle_persisted). Only then is a local write acknowledged
 //! ([`Event::WriteAcked`]) and only then is any change sent to peers, so a device never tells
 //! anyone about a write it could forget in a crash.
+//!
+//! Tombstones: [`collect_garbage`](Replica::collect_garbage), called by the driver with the wall
+//! clock (daily is plenty), forgets tombstones older than the [horizon](Replica::set_horizon).
+//! What was forgotten is summarized in [`Forgotten`]; a peer whose cursor predates it gets a
+//! *reset* instead of an incremental catch-up, so a device that comes back after the horizon
+//! drops what was deleted meanwhile instead of resurrecting it (`spec/database.md` § 9.7).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use super::msg::{CaughtUp, DbMessage, Records, Refused, ShareTag, SyncRequest};
+use super::msg::{
+    CaughtUp, DbMessage, Forgotten as ForgottenMessage, Records, Refused, ShareTag, SyncRequest,
+};
 use super::record::{MAX_KEY_LEN, MAX_VALUE_LEN, Record, RecordError, ShareId};
 use super::vv::{Dot, VersionVector};
 use crate::crypto::DeviceKey;
@@ -31,6 +39,9 @@ pub const RECORDS_BATCH_BYTES: usize = 64 * 1024;
 pub const MAX_QUEUED_REFUSALS: usize = 64;
 /// Bytes of a refused record's key echoed back in `Refused`.
 pub const MAX_REFUSED_KEY: usize = 256;
+/// How long a tombstone is kept by default before [`Replica::collect_garbage`] may forget it:
+/// 455 days (about 15 months, Syncthing's default), in microseconds.
+pub const DEFAULT_TOMBSTONE_HORIZON_MICROS: u64 = 455 * 24 * 3600 * 1_000_000;
 
 /// What a member may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,6 +84,19 @@ pub struct Meta {
     pub hlc: u64,
 }
 
+/// What a replica has forgotten (`spec/database.md` § 9.7), persisted with every batch that
+/// changes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The merge of the version vectors of every version this replica forgot: tombstones it
+    /// collected, and those it learned of in resets. A received version it dominates is
+    /// ignored.
+    pub version: VersionVector,
+    /// The reset floor: a peer asking for the changes after a sequence number below this one
+    /// may hold versions this replica has forgotten, and gets a reset.
+    pub floor: u64,
+}
+
 /// The durable state a replica starts from (what the store loaded).
 #[derive(Debug, Clone, Default)]
 pub struct ReplicaState {
@@ -82,6 +106,8 @@ pub struct ReplicaState {
     pub records: Vec<(u64, Record)>,
     /// Per-peer cursors.
     pub cursors: BTreeMap<DeviceId, Cursor>,
+    /// What the replica has forgotten.
+    pub forgotten: Forgotten,
 }
 
 /// One write to durable storage. A batch is applied atomically.
@@ -108,6 +134,8 @@ pub enum PersistOp {
     },
     /// Store the metadata.
     SetMeta(Meta),
+    /// Store what the replica has forgotten (replaces the previous value).
+    SetForgotten(Forgotten),
 }
 
 /// Something the application should know.
@@ -234,6 +262,53 @@ struct Peer {
     caught_up_reported: bool,
     /// Refusals to tell the peer.
     refusals: VecDeque<Refused>,
+    /// A `Forgotten` message must precede the stream (a reset restarted it from 0).
+    reset_pending: bool,
+    /// The forgotten vector of the last reset sent to the peer on this connection.
+    reset_sent: Option<VersionVector>,
+    /// While a reset is streamed: the last sequence number assigned when it began. Its
+    /// CaughtUp waits until the stream has covered it (durable or not when the reset began),
+    /// since the peer drops what the reset did not contain.
+    reset_until: Option<u64>,
+    /// A reset the peer is sending us, until its `CaughtUp`.
+    incoming_reset: Option<IncomingReset>,
+}
+
+/// A reset being received from a peer.
+#[derive(Debug)]
+struct IncomingReset {
+    /// The peer's index ID.
+    index: u64,
+    /// The peer's forgotten vector.
+    forgotten: VersionVector,
+    /// Our current versions the peer's vector dominates and its stream has not (yet)
+    /// contained: dropped when the reset completes.
+    candidates: BTreeMap<Dot, String>,
+    /// The last of the peer's sequence numbers received in this reset.
+    position: u64,
+}
+
+impl Peer {
+    /// Streams the whole feed again, announced by a `Forgotten` message (9.7).
+    fn restart_as_reset(&mut self, until: u64) {
+        self.reset_until = Some(until);
+        self.streaming = Some(0);
+        self.announced = None;
+        self.caught_up_sent = false;
+        self.skip_own = false;
+        self.reset_pending = true;
+    }
+}
+
+/// What [`Replica::apply`] did with a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// Added to the key's current versions.
+    Added,
+    /// A current version dominates it.
+    Ignored,
+    /// The forgotten vector dominates it.
+    Forgotten,
 }
 
 /// The replica of one share. See the [module docs](self).
@@ -255,6 +330,8 @@ pub struct Replica {
     in_flight: VecDeque<(u64, u64, Vec<Dot>)>,
     next_batch: u64,
     outputs: VecDeque<Output>,
+    forgotten: Forgotten,
+    horizon_micros: u64,
 }
 
 impl Replica {
@@ -317,6 +394,8 @@ impl Replica {
             },
             next_batch: 1,
             outputs,
+            forgotten: state.forgotten,
+            horizon_micros: DEFAULT_TOMBSTONE_HORIZON_MICROS,
         }
     }
 
@@ -378,6 +457,17 @@ impl Replica {
                 && p.streaming.is_some()
                 && p.announced.is_some_and(|a| a >= self.durable_seq)
         })
+    }
+
+    /// What this replica has forgotten.
+    pub fn forgotten(&self) -> &Forgotten {
+        &self.forgotten
+    }
+
+    /// How long a tombstone is kept before [`collect_garbage`](Replica::collect_garbage) may
+    /// forget it, in microseconds.
+    pub fn horizon(&self) -> u64 {
+        self.horizon_micros
     }
 
     /// A peer's cursor.
@@ -482,9 +572,72 @@ impl Replica {
         );
         let mut ops = Vec::new();
         let applied = self.apply(record, None, &mut ops);
-        debug_assert!(applied, "a local write supersedes everything it has seen");
+        debug_assert!(
+            applied == Applied::Added,
+            "a local write supersedes everything it has seen"
+        );
         self.persist(ops, vec![dot]);
         Ok(dot)
+    }
+
+    /// Sets the retention horizon of tombstones, in microseconds (default
+    /// [`DEFAULT_TOMBSTONE_HORIZON_MICROS`]). It should be longer than any device of the share
+    /// stays away or takes to finish a catch-up it started (`spec/database.md` § 9.7).
+    pub fn set_horizon(&mut self, micros: u64) {
+        self.horizon_micros = micros;
+    }
+
+    /// Forgets every tombstone whose hybrid time is at least the horizon before `wall_micros`
+    /// (the wall clock, Unix epoch), and that is durable. Returns how many were forgotten.
+    ///
+    /// Their vectors are merged into [`Forgotten::version`] and the reset floor rises past
+    /// them, all in one [`Output::Persist`] batch; a connected peer whose stream has not yet
+    /// covered them gets a reset. A live sibling of a forgotten tombstone is kept. The scan
+    /// visits every key: call it rarely (daily), not on every wake-up.
+    pub fn collect_garbage(&mut self, wall_micros: u64) -> usize {
+        let horizon = self.horizon_micros;
+        let durable = self.durable_seq;
+        let mut ops = Vec::new();
+        let mut floor = self.forgotten.floor;
+        let mut emptied = Vec::new();
+        for (key, entry) in &mut self.entries {
+            let before = entry.siblings.len();
+            entry.siblings.retain(|s| {
+                let old = s.record.is_tombstone()
+                    && s.seq <= durable
+                    && s.record.hlc.saturating_add(horizon) <= wall_micros;
+                if old {
+                    self.forgotten.version.merge(&s.record.version);
+                    floor = floor.max(s.seq);
+                    ops.push(PersistOp::RemoveRecord { seq: s.seq });
+                }
+                !old
+            });
+            if entry.siblings.is_empty() {
+                emptied.push(key.clone());
+            } else if entry.siblings.len() != before {
+                // A live sibling survives its forgotten concurrent deletion: what the key shows
+                // may change.
+                self.outputs
+                    .push_back(Output::Event(Event::Changed { key: key.clone() }));
+            }
+        }
+        for key in emptied {
+            self.entries.remove(&key);
+        }
+        let collected = ops.len();
+        for op in &ops {
+            if let PersistOp::RemoveRecord { seq } = op {
+                self.by_seq.remove(seq);
+            }
+        }
+        if collected > 0 {
+            self.forgotten.floor = floor;
+            self.restart_streams_below_floor(None);
+            ops.push(PersistOp::SetForgotten(self.forgotten.clone()));
+            self.persist(ops, Vec::new());
+        }
+        collected
     }
 
     /// Whether `device` is a member (of any access level).
@@ -535,15 +688,24 @@ impl Replica {
                 } else {
                     0
                 };
+                let reset = after < self.forgotten.floor;
                 if let Some(p) = self.peers.get_mut(&peer) {
-                    p.streaming = Some(after);
-                    p.announced = None;
-                    p.caught_up_sent = false;
-                    p.skip_own = after > 0;
+                    if reset {
+                        p.restart_as_reset(self.meta.seq);
+                    } else {
+                        p.streaming = Some(after);
+                        p.announced = None;
+                        p.caught_up_sent = false;
+                        p.skip_own = after > 0;
+                    }
                 }
             }
             DbMessage::Records(batch) => self.receive_records(peer, batch),
+            DbMessage::Forgotten(m) => self.start_incoming_reset(peer, m),
             DbMessage::CaughtUp(done) => {
+                if self.finish_incoming_reset(peer, &done) {
+                    return;
+                }
                 // Everything up to `done.seq` was sent or was ours: the cursor may skip ahead,
                 // so an idle reconnect asks for nothing already seen.
                 let mut cursor = self.cursor(&peer);
@@ -587,6 +749,15 @@ impl Replica {
                 share: self.tag,
                 index: cursor.index,
                 after: cursor.seq,
+            }));
+        }
+        if p.reset_pending && p.streaming.is_some() {
+            p.reset_pending = false;
+            p.reset_sent = Some(self.forgotten.version.clone());
+            return Some(DbMessage::Forgotten(ForgottenMessage {
+                share: self.tag,
+                index: self.meta.index,
+                forgotten: self.forgotten.version.clone(),
             }));
         }
         if let Some(r) = p.refusals.pop_front() {
@@ -639,7 +810,11 @@ impl Replica {
         }
         // Nothing left to send: say how far the feed is covered, once after the request and
         // then whenever records the peer sent us moved it on (so its cursor skips them).
-        if last >= self.durable_seq && (!p.caught_up_sent || p.announced.is_none_or(|a| a < last)) {
+        if last >= self.durable_seq
+            && p.reset_until.is_none_or(|until| last >= until)
+            && (!p.caught_up_sent || p.announced.is_none_or(|a| a < last))
+        {
+            p.reset_until = None;
             p.announced = Some(last);
             p.caught_up_sent = true;
             return Some(DbMessage::CaughtUp(CaughtUp {
@@ -679,7 +854,23 @@ impl Replica {
     // ---- internals ----------------------------------------------------------------------
 
     fn receive_records(&mut self, peer: DeviceId, batch: Records) {
-        let mut cursor = self.cursor(&peer);
+        let resetting = self.peers.get_mut(&peer).and_then(|p| {
+            if p.incoming_reset
+                .as_ref()
+                .is_some_and(|r| r.index != batch.index)
+            {
+                // Not the feed the reset announced: the reset is void.
+                p.incoming_reset = None;
+            }
+            p.incoming_reset.as_ref().map(|r| r.position)
+        });
+        let mut cursor = match resetting {
+            Some(position) => Cursor {
+                index: batch.index,
+                seq: position,
+            },
+            None => self.cursor(&peer),
+        };
         if batch.index != cursor.index {
             // A new or reset peer replica: its sequence numbers start over.
             cursor = Cursor {
@@ -688,6 +879,7 @@ impl Replica {
             };
         }
         let mut ops = Vec::new();
+        let mut stale = false;
         for (seq, record) in batch.records {
             if seq <= cursor.seq {
                 continue;
@@ -701,7 +893,44 @@ impl Replica {
                         // counter.
                         self.meta.write_counter = self.meta.write_counter.max(record.dot.counter);
                     }
-                    self.apply(record, Some(peer), &mut ops);
+                    if let Some(reset) = self
+                        .peers
+                        .get_mut(&peer)
+                        .and_then(|p| p.incoming_reset.as_mut())
+                    {
+                        reset.candidates.remove(&record.dot);
+                    }
+                    // What the outcome may need once `apply` has taken the record (only when
+                    // something was forgotten or a reset is in progress: no copy otherwise).
+                    let kept = (!self.forgotten.version.is_empty()
+                        || self.peers.values().any(|p| p.incoming_reset.is_some()))
+                    .then(|| (record.dot, record.key.clone(), record.version.clone()));
+                    let applied = self.apply(record, Some(peer), &mut ops);
+                    match (applied, kept) {
+                        (Applied::Forgotten, Some((_, _, version))) => {
+                            // The peer holds a version we forgot. Unless a reset we sent it
+                            // already makes it drop the version, every peer must be reset.
+                            let covered = self
+                                .peers
+                                .get(&peer)
+                                .and_then(|p| p.reset_sent.as_ref())
+                                .is_some_and(|f| f.dominates(&version));
+                            stale |= !covered;
+                        }
+                        (Applied::Added, Some((dot, key, version))) => {
+                            // A version another peer's reset in progress may declare forgotten:
+                            // it is judged with the versions held when that reset began.
+                            for (id, p) in &mut self.peers {
+                                if let Some(reset) = p.incoming_reset.as_mut()
+                                    && *id != peer
+                                    && reset.forgotten.dominates(&version)
+                                {
+                                    reset.candidates.insert(dot, key.clone());
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 Err(e) => {
                     let refusal = Refused {
@@ -724,9 +953,137 @@ impl Replica {
                 }
             }
         }
+        if let Some(reset) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.incoming_reset.as_mut())
+        {
+            // The stored cursor stays at the reset's start until the reset completes, so an
+            // interrupted reset is asked for again from the start.
+            reset.position = cursor.seq;
+        } else {
+            self.cursors.insert(peer, cursor);
+            ops.push(PersistOp::SetCursor { peer, cursor });
+        }
+        if stale {
+            self.raise_floor(None, &mut ops);
+        }
+        self.persist(ops, Vec::new());
+    }
+
+    /// A `Forgotten` from `peer`: a reset of its stream starts.
+    fn start_incoming_reset(&mut self, peer: DeviceId, m: ForgottenMessage) {
+        // Only a member that may delete may make us forget (spec 16).
+        if self
+            .members
+            .get(&peer)
+            .is_none_or(|m| m.access != Access::ReadWrite)
+        {
+            return;
+        }
+        let forgotten: VersionVector = m.forgotten.iter().map(|(d, c)| (*d, c)).collect();
+        // Like our own dots received (9.5): never reuse a counter someone saw us use.
+        let me = self.key.device_id();
+        self.meta.write_counter = self.meta.write_counter.max(forgotten.get(&me));
+        let candidates = self
+            .entries
+            .iter()
+            .flat_map(|(key, e)| {
+                e.siblings
+                    .iter()
+                    .filter(|s| forgotten.dominates(&s.record.version))
+                    .map(move |s| (s.record.dot, key.clone()))
+            })
+            .collect();
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.incoming_reset = Some(IncomingReset {
+                index: m.index,
+                forgotten,
+                candidates,
+                position: 0,
+            });
+        }
+        let cursor = Cursor {
+            index: m.index,
+            seq: 0,
+        };
+        self.cursors.insert(peer, cursor);
+        self.persist(vec![PersistOp::SetCursor { peer, cursor }], Vec::new());
+    }
+
+    /// Completes a reset from `peer` at its `CaughtUp`; false if none is in progress.
+    fn finish_incoming_reset(&mut self, peer: DeviceId, done: &CaughtUp) -> bool {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        if p.incoming_reset
+            .as_ref()
+            .is_none_or(|r| r.index != done.index)
+        {
+            return false;
+        }
+        let Some(reset) = p.incoming_reset.take() else {
+            return false;
+        };
+        let report = !p.caught_up_reported;
+        p.caught_up_reported = true;
+        self.forgotten.version.merge(&reset.forgotten);
+        let mut ops = Vec::new();
+        let mut dropped = false;
+        for (dot, key) in reset.candidates {
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            let Some(i) = entry.siblings.iter().position(|s| s.record.dot == dot) else {
+                continue;
+            };
+            let gone = entry.siblings.remove(i);
+            if entry.siblings.is_empty() {
+                self.entries.remove(&key);
+            }
+            self.by_seq.remove(&gone.seq);
+            ops.push(PersistOp::RemoveRecord { seq: gone.seq });
+            self.outputs
+                .push_back(Output::Event(Event::Changed { key }));
+            dropped = true;
+        }
+        if dropped {
+            // Peers may hold what we just dropped; the peer that reset us does not.
+            self.raise_floor(Some(peer), &mut ops);
+        }
+        let cursor = Cursor {
+            index: done.index,
+            seq: reset.position.max(done.seq),
+        };
         self.cursors.insert(peer, cursor);
         ops.push(PersistOp::SetCursor { peer, cursor });
+        ops.push(PersistOp::SetForgotten(self.forgotten.clone()));
         self.persist(ops, Vec::new());
+        if report {
+            self.outputs
+                .push_back(Output::Event(Event::CaughtUp { peer }));
+        }
+        true
+    }
+
+    /// Raises the reset floor above every sequence number used so far (it uses one), so that
+    /// every peer is reset when it next asks, and resets the streams of the connected ones
+    /// except `exempt`.
+    fn raise_floor(&mut self, exempt: Option<DeviceId>, ops: &mut Vec<PersistOp>) {
+        self.meta.seq += 1;
+        self.forgotten.floor = self.meta.seq;
+        self.restart_streams_below_floor(exempt);
+        ops.push(PersistOp::SetForgotten(self.forgotten.clone()));
+    }
+
+    /// Restarts as a reset every stream that has not covered the reset floor.
+    fn restart_streams_below_floor(&mut self, exempt: Option<DeviceId>) {
+        let floor = self.forgotten.floor;
+        for (id, p) in &mut self.peers {
+            if Some(*id) != exempt && p.streaming.is_some_and(|at| at < floor) {
+                p.restart_as_reset(self.meta.seq);
+            }
+        }
     }
 
     fn check(&self, record: &Record) -> Result<(), RecordError> {
@@ -741,13 +1098,13 @@ impl Replica {
         record.verify(&self.share, &member.public_key)
     }
 
-    /// Applies a verified record. Returns whether it changed anything.
+    /// Applies a verified record.
     fn apply(
         &mut self,
         record: Record,
         origin: Option<DeviceId>,
         ops: &mut Vec<PersistOp>,
-    ) -> bool {
+    ) -> Applied {
         let key = record.key.clone();
         let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             siblings: Vec::with_capacity(1),
@@ -761,7 +1118,14 @@ impl Replica {
             if entry.siblings.is_empty() {
                 self.entries.remove(&key);
             }
-            return false;
+            return Applied::Ignored;
+        }
+        // Superseded by something this replica forgot (collected, or learned in a reset).
+        if origin.is_some() && self.forgotten.version.dominates(&record.version) {
+            if entry.siblings.is_empty() {
+                self.entries.remove(&key);
+            }
+            return Applied::Forgotten;
         }
         let was_conflict = entry.is_conflict();
         let mut removed = Vec::new();
@@ -800,7 +1164,7 @@ impl Replica {
         } else if was_conflict {
             // Resolved: Changed already tells the app.
         }
-        true
+        Applied::Added
     }
 
     fn persist(&mut self, mut ops: Vec<PersistOp>, writes: Vec<Dot>) {

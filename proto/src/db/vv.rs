@@ -15,12 +15,29 @@ use serde::{Deserialize, Serialize};
 use crate::identity::DeviceId;
 
 /// One write: who made it and the writer's counter at that write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// On the wire it is the CBOR array `[writer, counter]` (`spec/database.md` § 4): a record
+/// carries one, so its encoding is kept to the 32-byte ID, the counter and two header bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dot {
     /// The writer.
     pub writer: DeviceId,
     /// The writer's write counter (starts at 1).
     pub counter: u64,
+}
+
+impl Serialize for Dot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.writer, self.counter).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Exactly two items: the codec refuses a shorter or longer array.
+        let (writer, counter) = <(DeviceId, u64)>::deserialize(d)?;
+        Ok(Dot { writer, counter })
+    }
 }
 
 /// How two versions relate.
@@ -231,5 +248,27 @@ mod tests {
             writer: dev(2),
             counter: 5
         }));
+    }
+
+    #[test]
+    fn a_dot_is_a_two_item_array_on_the_wire() {
+        let dot = Dot {
+            writer: dev(7),
+            counter: 300,
+        };
+        let bytes = crate::wire::codec::encode(&dot);
+        let mut want = vec![0x82, 0x58, 0x20];
+        want.extend_from_slice(&[7; 32]);
+        want.extend_from_slice(&[0x19, 0x01, 0x2c]);
+        assert_eq!(bytes, want);
+        assert_eq!(crate::wire::codec::decode::<Dot>(&bytes).ok(), Some(dot));
+        // One item more or less is malformed.
+        let mut three = bytes.clone();
+        three[0] = 0x83;
+        three.push(0x00);
+        assert!(crate::wire::codec::decode::<Dot>(&three).is_err());
+        let mut one = vec![0x81, 0x58, 0x20];
+        one.extend_from_slice(&[7; 32]);
+        assert!(crate::wire::codec::decode::<Dot>(&one).is_err());
     }
 }
