@@ -40,6 +40,10 @@ use crate::wire::{CloseCode, ExtensionMessage, Message};
 /// A connection as the driver names it.
 pub type ConnId = u64;
 
+/// The close code for a device that is not (or no longer) a member of any share here
+/// (`spec/transport.md`).
+pub const NOT_A_MEMBER: CloseCode = CloseCode(0x1001);
+
 /// Keep at most this many bytes queued in a session before asking replicas for more.
 pub const SESSION_HIGH_WATER: usize = 256 * 1024;
 
@@ -508,12 +512,63 @@ impl Node {
         let Some(r) = self.shares.get_mut(&share) else {
             return;
         };
+        let mut changed = Vec::new();
         while let Some(out) = r.poll_output() {
+            if let db::Output::Event(db::Event::MembersChanged { device }) = &out {
+                changed.push(*device);
+            }
             self.outputs.push_back(match out {
                 db::Output::Persist { id, ops } => Output::Persist { share, id, ops },
                 db::Output::Event(event) => Output::Event(Event::Db { share, event }),
             });
         }
+        for device in changed {
+            self.membership_changed(share, device);
+        }
+    }
+
+    /// A membership record changed `device`'s standing in `share`: a connected device that
+    /// became a member starts syncing; one that is a member of nothing here any more is
+    /// disconnected and told why.
+    fn membership_changed(&mut self, share: ShareId, device: DeviceId) {
+        let Some(&conn) = self.current.get(&device) else {
+            return;
+        };
+        if let Some(r) = self.shares.get_mut(&share)
+            && r.is_member(&device)
+            && !r.is_serving(&device)
+        {
+            r.peer_connected(device);
+            return;
+        }
+        if !self.shares.values().any(|r| r.is_member(&device)) {
+            let now = self.clock.latest();
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session.close(
+                    now,
+                    NOT_A_MEMBER,
+                    "this device was removed from every share it had here",
+                );
+            }
+            self.drain_session(now, conn);
+        }
+    }
+
+    /// Writes `device`'s membership of `share` as a signed, replicated record: a member with
+    /// `member`'s access, or (`None`) removed. See [`Replica::set_membership`].
+    pub fn set_membership(
+        &mut self,
+        share: &ShareId,
+        wall_micros: u64,
+        device: DeviceId,
+        member: Option<Member>,
+    ) -> Result<Dot, Error> {
+        let replica = self.shares.get_mut(share).ok_or(Misuse::BadConfig {
+            detail: "no such share".into(),
+        })?;
+        let dot = replica.set_membership(wall_micros, device, member)?;
+        self.collect(*share);
+        Ok(dot)
     }
 
     /// Queues database messages on `conn` while its session has room.

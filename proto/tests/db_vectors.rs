@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use clearskies_proto::crypto::DeviceKey;
-use clearskies_proto::db::msg::{CaughtUp, Forgotten, Records, Refused, SyncRequest};
+use clearskies_proto::db::msg::{CaughtUp, Forgotten, Members, Records, Refused, SyncRequest};
 use clearskies_proto::db::record::{
     MAX_KEY_LEN, MAX_VALUE_LEN, MAX_VERSION_ENTRIES, RECORD_SIGNATURE_CONTEXT,
 };
@@ -349,6 +349,15 @@ fn message_from_json(m: &Value) -> DbMessage {
                 .map(|e| (device(e[0].as_str().unwrap()), e[1].as_u64().unwrap()))
                 .collect(),
         }),
+        "Members" => DbMessage::Members(Members {
+            share,
+            records: m["records"]
+                .as_array()
+                .expect("records")
+                .iter()
+                .map(|r| codec::decode(&unhex(r.as_str().unwrap())).expect("record hex"))
+                .collect(),
+        }),
         other => panic!("unknown message type {other}"),
     }
 }
@@ -396,7 +405,7 @@ fn message_vectors() {
             decoded += 1;
         }
     }
-    assert_eq!(types.len(), 5, "every message type has a vector: {types:?}");
+    assert_eq!(types.len(), 6, "every message type has a vector: {types:?}");
     assert!(
         decoded >= 10 && canonical >= 8 && ignored >= 3 && malformed >= 15 && with_tag >= 8,
         "only {decoded} decoded ({canonical} canonical, {with_tag} of the share), {ignored} \

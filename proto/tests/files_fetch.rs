@@ -1,163 +1,17 @@
 //! Chunk transfer between nodes: requests, answers, pieces, spreading, stalls, bad data.
 //! Hosts here are in-memory stand-ins for a driver's store (proto's own tests may mock).
 
-use std::collections::BTreeMap;
+mod common;
 
-use bytes::Bytes;
-use clearskies_proto::crypto::DeviceKey;
-use clearskies_proto::db::{Access, Member, ReplicaState, ShareId};
 use clearskies_proto::files::Hash;
-use clearskies_proto::node::{ConnId, Event, Node, Output};
-use clearskies_proto::session::SessionConfig;
-use clearskies_proto::{DeviceId, Timestamp};
+use common::net::{Host, Net, SHARE, conn, device};
 use sha2::{Digest, Sha256};
-
-const SHARE: ShareId = [7; 32];
-
-fn key(n: u8) -> DeviceKey {
-    DeviceKey::from_secret(&[n; 32])
-}
-
-struct Host {
-    node: Node,
-    /// Content this device holds, by hash.
-    chunks: BTreeMap<Hash, Vec<u8>>,
-    /// Answer every read with these bytes instead (a lying peer).
-    lie: bool,
-    served: usize,
-    arrived: BTreeMap<Hash, Bytes>,
-    stalled: Vec<Hash>,
-    closed: Vec<ConnId>,
-}
-
-impl Host {
-    fn new(n: u8, members: &[u8]) -> Host {
-        let mut node = Node::new(key(n), SessionConfig::default(), Timestamp::ZERO);
-        let members = members
-            .iter()
-            .map(|&m| {
-                let k = key(m);
-                (
-                    k.device_id(),
-                    Member {
-                        public_key: k.public_key(),
-                        access: Access::ReadWrite,
-                    },
-                )
-            })
-            .collect();
-        node.open_share(SHARE, members, ReplicaState::default(), u64::from(n));
-        Host {
-            node,
-            chunks: BTreeMap::new(),
-            lie: false,
-            served: 0,
-            arrived: BTreeMap::new(),
-            stalled: Vec::new(),
-            closed: Vec::new(),
-        }
-    }
-
-    fn drain(&mut self) {
-        while let Some(out) = self.node.poll_output() {
-            match out {
-                Output::Persist { share, id, .. } => self.node.handle_persisted(&share, id),
-                Output::ReadChunk {
-                    conn,
-                    id,
-                    hash,
-                    offset,
-                    len,
-                    ..
-                } => {
-                    let data = self.chunks.get(&hash).map(|c| {
-                        self.served += 1;
-                        if self.lie {
-                            vec![0xee; len as usize]
-                        } else {
-                            c[offset as usize..(offset + len) as usize].to_vec()
-                        }
-                    });
-                    self.node.chunk_read(conn, id, data);
-                }
-                Output::Event(Event::Chunk { hash, data, .. }) => {
-                    self.arrived.insert(hash, data);
-                }
-                Output::Event(Event::ChunkStalled { hash, .. }) => self.stalled.push(hash),
-                Output::Close { conn } => self.closed.push(conn),
-                Output::Event(_) => {}
-            }
-        }
-    }
-}
-
-/// Connects every pair `(i, j)` in `links` with connection id `i * 16 + j` on i's side and
-/// `j * 16 + i` on j's side, then pumps bytes (a frame per direction per round, so links
-/// progress side by side) until nothing moves.
-struct Net {
-    hosts: Vec<Host>,
-    links: Vec<(usize, usize)>,
-    now: Timestamp,
-}
-
-fn conn(a: usize, b: usize) -> ConnId {
-    (a * 16 + b) as ConnId
-}
-
-impl Net {
-    fn new(hosts: Vec<Host>, links: Vec<(usize, usize)>) -> Net {
-        let mut net = Net {
-            hosts,
-            links,
-            now: Timestamp::ZERO,
-        };
-        for &(a, b) in &net.links.clone() {
-            let (ka, kb) = (net.hosts[a].node.device(), net.hosts[b].node.device());
-            net.hosts[a].node.handle_connected(net.now, conn(a, b), kb);
-            net.hosts[b].node.handle_connected(net.now, conn(b, a), ka);
-        }
-        net.pump();
-        net
-    }
-
-    fn pump(&mut self) {
-        loop {
-            let mut moved = false;
-            for &(a, b) in &self.links.clone() {
-                for (from, to) in [(a, b), (b, a)] {
-                    self.hosts[from].drain();
-                    // One frame per direction per round: links progress side by side.
-                    if let Some(bytes) = self.hosts[from]
-                        .node
-                        .poll_transmit(self.now, conn(from, to))
-                    {
-                        moved = true;
-                        self.hosts[to]
-                            .node
-                            .handle_bytes(self.now, conn(to, from), &bytes);
-                        self.hosts[to].drain();
-                    }
-                }
-            }
-            if !moved {
-                for h in &mut self.hosts {
-                    h.drain();
-                }
-                return;
-            }
-        }
-    }
-}
 
 fn content(seed: u8, len: usize) -> (Hash, Vec<u8>) {
     let data: Vec<u8> = (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect();
     (Sha256::digest(&data).into(), data)
-}
-
-fn device(n: u8) -> DeviceId {
-    key(n).device_id()
 }
 
 #[test]

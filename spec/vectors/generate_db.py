@@ -42,7 +42,7 @@ MAX_VERSION_ENTRIES = 256
 RECORD_SIGNATURE_CONTEXT = b"clearskies/db/record/v1\x00"
 DB_EXTENSION = "org.clearskies.db"
 
-SYNC_REQUEST, RECORDS, CAUGHT_UP, REFUSED, FORGOTTEN = 0, 1, 2, 3, 4
+SYNC_REQUEST, RECORDS, CAUGHT_UP, REFUSED, FORGOTTEN, MEMBERS_MSG = 0, 1, 2, 3, 4, 5
 
 SHARE = bytes([9]) * 32
 OTHER_SHARE = bytes([8]) * 32
@@ -495,6 +495,19 @@ def messages(named):
     ok("forgotten-empty-vector", "An empty forgotten vector decodes (a reset that makes the "
        "receiver drop nothing).",
        cbor2.dumps([FORGOTTEN, {"s": TAG, "i": 77, "f": {}}]), forgotten(TAG, 77, {}))
+
+    # -- Members (membership records ahead of the feed)
+    ok("members", "Membership records sent before the feed (spec 6.1): here one record, "
+       "db_records.json first-write, standing in for a membership record (the decoder does "
+       "not look inside records).",
+       cbor2.dumps([MEMBERS_MSG, {"s": TAG, "r": [named["first-write"].cbor_item()]}]),
+       {"type": "Members", "share": TAG,
+        "records": [named["first-write"].cbor().hex()]})
+    ok("members-empty", "An empty Members message decodes (a conforming sender never sends one).",
+       cbor2.dumps([MEMBERS_MSG, {"s": TAG, "r": []}]),
+       {"type": "Members", "share": TAG, "records": []})
+    err("members-missing-records", "A Members message without its 'r' field.",
+        cbor2.dumps([MEMBERS_MSG, {"s": TAG}]))
 
     # -- lenient decoding (not canonical)
     ok("sync-request-keys-reordered-and-unknown", "Map keys in another order and an unknown "

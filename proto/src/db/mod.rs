@@ -8,6 +8,7 @@
 //!
 //! `spec/database.md` is normative.
 
+pub mod members;
 pub mod msg;
 pub mod record;
 pub mod replica;

@@ -92,6 +92,20 @@ pub struct Forgotten {
     pub forgotten: VersionVector,
 }
 
+/// The sender's membership records (`spec/database.md` § Membership) that are newer than
+/// the receiver's cursor, sent before the feed that follows a `SyncRequest`, so that the
+/// receiver knows every writer (including removed ones, and up to where their records stay
+/// valid) before it judges their records. The same records also come in the feed, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// The share.
+    #[serde(rename = "s")]
+    pub share: ShareTag,
+    /// The membership records.
+    #[serde(rename = "r")]
+    pub records: Vec<Record>,
+}
+
 /// A database message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -106,6 +120,8 @@ pub enum DbMessage {
     Refused(Refused),
     /// `4`
     Forgotten(Forgotten),
+    /// `5`
+    Members(Members),
 }
 
 impl DbMessage {
@@ -117,6 +133,7 @@ impl DbMessage {
             DbMessage::CaughtUp(m) => m.share,
             DbMessage::Refused(m) => m.share,
             DbMessage::Forgotten(m) => m.share,
+            DbMessage::Members(m) => m.share,
         }
     }
 
@@ -128,6 +145,7 @@ impl DbMessage {
             DbMessage::CaughtUp(m) => codec::encode(&(2u8, m)),
             DbMessage::Refused(m) => codec::encode(&(3u8, m)),
             DbMessage::Forgotten(m) => codec::encode(&(4u8, m)),
+            DbMessage::Members(m) => codec::encode(&(5u8, m)),
         };
         Bytes::from(bytes)
     }
@@ -141,6 +159,7 @@ impl DbMessage {
             2 => DbMessage::CaughtUp(codec::decode::<(u8, CaughtUp)>(payload)?.1),
             3 => DbMessage::Refused(codec::decode::<(u8, Refused)>(payload)?.1),
             4 => DbMessage::Forgotten(codec::decode::<(u8, Forgotten)>(payload)?.1),
+            5 => DbMessage::Members(codec::decode::<(u8, Members)>(payload)?.1),
             _ => return Ok(None),
         }))
     }

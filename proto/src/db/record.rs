@@ -59,6 +59,9 @@ pub enum RecordError {
     ReadOnlyWriter,
     /// The signature does not verify.
     BadSignature,
+    /// A membership record whose document does not decode or does not name the device its
+    /// key names.
+    BadMembership,
 }
 
 impl RecordError {
@@ -71,6 +74,7 @@ impl RecordError {
             RecordError::UnknownWriter => "unknown-writer",
             RecordError::ReadOnlyWriter => "read-only-writer",
             RecordError::BadSignature => "bad-signature",
+            RecordError::BadMembership => "bad-membership",
         }
     }
 }
@@ -84,6 +88,7 @@ impl core::fmt::Display for RecordError {
             RecordError::UnknownWriter => "writer is not a member of the share",
             RecordError::ReadOnlyWriter => "writer is a read-only member",
             RecordError::BadSignature => "signature does not verify",
+            RecordError::BadMembership => "membership record is malformed",
         };
         f.write_str(text)
     }

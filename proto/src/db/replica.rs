@@ -24,8 +24,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
+use super::members::{self, Standing};
 use super::msg::{
-    CaughtUp, DbMessage, Forgotten as ForgottenMessage, Records, Refused, ShareTag, SyncRequest,
+    CaughtUp, DbMessage, Forgotten as ForgottenMessage, Members, Records, Refused, ShareTag,
+    SyncRequest,
 };
 use super::record::{MAX_KEY_LEN, MAX_VALUE_LEN, Record, RecordError, ShareId};
 use super::vv::{Dot, VersionVector};
@@ -170,6 +172,11 @@ pub enum Event {
         /// Whether the peer refused ours (`true`) or we refused theirs (`false`).
         by_peer: bool,
     },
+    /// A membership record changed `device`'s standing (added, access changed, removed).
+    MembersChanged {
+        /// The device.
+        device: DeviceId,
+    },
     /// We have received everything a peer had when we asked.
     CaughtUp {
         /// The peer.
@@ -249,6 +256,8 @@ struct Peer {
     request_pending: bool,
     /// The peer asked for our changes: stream everything after this seq.
     streaming: Option<u64>,
+    /// Membership records newer than this seq go first, in a `Members` message.
+    members_after: Option<u64>,
     /// The highest sequence number the peer knows we covered (sent, or skipped as its own),
     /// `None` until the first CaughtUp after its request.
     announced: Option<u64>,
@@ -291,6 +300,7 @@ struct IncomingReset {
 impl Peer {
     /// Streams the whole feed again, announced by a `Forgotten` message (9.7).
     fn restart_as_reset(&mut self, until: u64) {
+        self.members_after = Some(0);
         self.reset_until = Some(until);
         self.streaming = Some(0);
         self.announced = None;
@@ -318,6 +328,8 @@ pub struct Replica {
     tag: ShareTag,
     key: DeviceKey,
     members: BTreeMap<DeviceId, Member>,
+    /// Removed members: what they were, and their last write counter that stays valid.
+    formers: BTreeMap<DeviceId, (Member, u64)>,
     meta: Meta,
     entries: BTreeMap<String, Entry>,
     /// Current versions by local sequence number: the change feed.
@@ -376,11 +388,12 @@ impl Replica {
             });
         }
         let tag = share_tag(&share);
-        Replica {
+        let mut replica = Replica {
             share,
             tag,
             key,
             members,
+            formers: BTreeMap::new(),
             meta,
             entries,
             by_seq,
@@ -396,7 +409,103 @@ impl Replica {
             outputs,
             forgotten: state.forgotten,
             horizon_micros: DEFAULT_TOMBSTONE_HORIZON_MICROS,
+        };
+        // The configured members, then what the replicated membership records say.
+        let member_keys: Vec<String> = replica
+            .entries
+            .range(members::MEMBERS_PREFIX.to_owned()..)
+            .map(|(k, _)| k)
+            .take_while(|k| members::is_member_key(k))
+            .cloned()
+            .collect();
+        for key in member_keys {
+            replica.refresh_membership(&key);
         }
+        replica
+    }
+
+    /// Applies the winner of the membership record under `key`; returns the device whose
+    /// standing it names.
+    fn refresh_membership(&mut self, key: &str) -> Option<DeviceId> {
+        let winner = self.entries.get(key)?.winner();
+        let Some(value) = &winner.value else {
+            // A deleted membership record: the device is no longer a member.
+            let device = self
+                .members
+                .keys()
+                .find(|d| members::member_key(d) == key)
+                .copied()?;
+            self.members.remove(&device);
+            return Some(device);
+        };
+        let (device, standing) = members::decode(key, value).ok()?;
+        match standing {
+            Standing::Member(m) => {
+                self.members.insert(device, m);
+                self.formers.remove(&device);
+            }
+            Standing::Removed { public_key, until } => {
+                let was = self.members.remove(&device).unwrap_or(Member {
+                    public_key,
+                    access: Access::ReadWrite,
+                });
+                self.formers.insert(device, (was, until));
+                // Stop serving it at once.
+                self.peers.remove(&device);
+            }
+        }
+        Some(device)
+    }
+
+    /// Writes `device`'s membership: a member with `member`'s access, or (`None`) removed. A
+    /// removed device's records up to its last write counter this replica has seen stay
+    /// valid; nothing it writes later is accepted by any replica that has this record.
+    pub fn set_membership(
+        &mut self,
+        wall_micros: u64,
+        device: DeviceId,
+        member: Option<Member>,
+    ) -> Result<Dot, Misuse> {
+        let standing = match member {
+            Some(m) => {
+                if DeviceId::from_public_key(&m.public_key) != device {
+                    return Err(Misuse::BadConfig {
+                        detail: "the public key is not the device's".into(),
+                    });
+                }
+                Standing::Member(m)
+            }
+            None => {
+                let public_key = self
+                    .members
+                    .get(&device)
+                    .map(|m| m.public_key)
+                    .or_else(|| self.formers.get(&device).map(|f| f.0.public_key))
+                    .ok_or(Misuse::BadConfig {
+                        detail: "not a member of the share".into(),
+                    })?;
+                let until = self
+                    .entries
+                    .values()
+                    .flat_map(|e| e.siblings())
+                    .map(|r| r.version.get(&device))
+                    .max()
+                    .unwrap_or(0);
+                Standing::Removed { public_key, until }
+            }
+        };
+        let key = members::member_key(&device);
+        self.write(
+            wall_micros,
+            &key,
+            Some(Bytes::from(members::encode(&standing))),
+            None,
+        )
+    }
+
+    /// Every member, with its access (the configuration and the membership records applied).
+    pub fn members(&self) -> &BTreeMap<DeviceId, Member> {
+        &self.members
     }
 
     // ---- getters ------------------------------------------------------------------------
@@ -492,6 +601,7 @@ impl Replica {
     /// Writes `value` (a CBOR document) under `key`, superseding every version of it this
     /// replica has. `wall_micros` is the wall clock (Unix epoch), used only to break ties.
     pub fn put(&mut self, wall_micros: u64, key: &str, value: Bytes) -> Result<Dot, Misuse> {
+        reserved(key)?;
         if value.len() > MAX_VALUE_LEN {
             return Err(Misuse::BadConfig {
                 detail: format!("document larger than {MAX_VALUE_LEN} bytes"),
@@ -502,6 +612,7 @@ impl Replica {
 
     /// Deletes `key` (writes a tombstone superseding every version this replica has).
     pub fn delete(&mut self, wall_micros: u64, key: &str) -> Result<Dot, Misuse> {
+        reserved(key)?;
         self.write(wall_micros, key, None, None)
     }
 
@@ -671,6 +782,11 @@ impl Replica {
         );
     }
 
+    /// Whether a session with `peer` is being served.
+    pub fn is_serving(&self, peer: &DeviceId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
     /// The session with `peer` ended.
     pub fn peer_disconnected(&mut self, peer: &DeviceId) {
         self.peers.remove(peer);
@@ -694,6 +810,7 @@ impl Replica {
                         p.restart_as_reset(self.meta.seq);
                     } else {
                         p.streaming = Some(after);
+                        p.members_after = Some(after);
                         p.announced = None;
                         p.caught_up_sent = false;
                         p.skip_own = after > 0;
@@ -701,6 +818,7 @@ impl Replica {
                 }
             }
             DbMessage::Records(batch) => self.receive_records(peer, batch),
+            DbMessage::Members(batch) => self.receive_members(peer, batch.records),
             DbMessage::Forgotten(m) => self.start_incoming_reset(peer, m),
             DbMessage::CaughtUp(done) => {
                 if self.finish_incoming_reset(peer, &done) {
@@ -763,6 +881,23 @@ impl Replica {
         if let Some(r) = p.refusals.pop_front() {
             return Some(DbMessage::Refused(r));
         }
+        if let Some(after) = p.members_after.take() {
+            let records: Vec<Record> = self
+                .entries
+                .range(members::MEMBERS_PREFIX.to_owned()..)
+                .take_while(|(k, _)| members::is_member_key(k))
+                .flat_map(|(_, e)| e.siblings.iter())
+                .filter(|s| s.seq > after && s.seq <= self.durable_seq)
+                .map(|s| s.record.clone())
+                .collect();
+            if !records.is_empty() {
+                return Some(DbMessage::Members(Members {
+                    share: self.tag,
+                    records,
+                }));
+            }
+        }
+        let p = self.peers.get_mut(peer)?;
         let after = p.streaming?;
         let p_skip_own = p.skip_own;
         let mut records = Vec::new();
@@ -852,6 +987,32 @@ impl Replica {
     }
 
     // ---- internals ----------------------------------------------------------------------
+
+    /// Applies a peer's membership records ahead of its feed: repeatedly, since one may
+    /// admit the writer of another. What cannot be verified yet is left for the feed to judge.
+    fn receive_members(&mut self, peer: DeviceId, mut records: Vec<Record>) {
+        records.retain(|r| members::is_member_key(&r.key));
+        let mut ops = Vec::new();
+        loop {
+            let before = records.len();
+            let mut waiting = Vec::new();
+            for record in records {
+                if self.check(&record).is_ok() {
+                    self.meta.hlc = self.meta.hlc.max(record.hlc);
+                    self.apply(record, Some(peer), &mut ops);
+                } else {
+                    waiting.push(record);
+                }
+            }
+            records = waiting;
+            if records.is_empty() || records.len() == before {
+                break;
+            }
+        }
+        if !ops.is_empty() {
+            self.persist(ops, Vec::new());
+        }
+    }
 
     fn receive_records(&mut self, peer: DeviceId, batch: Records) {
         let resetting = self.peers.get_mut(&peer).and_then(|p| {
@@ -1088,12 +1249,22 @@ impl Replica {
 
     fn check(&self, record: &Record) -> Result<(), RecordError> {
         record.check_shape()?;
-        let member = self
-            .members
-            .get(&record.dot.writer)
-            .ok_or(RecordError::UnknownWriter)?;
+        // A removed member's records written while it was one stay valid.
+        let member = match self.members.get(&record.dot.writer) {
+            Some(m) => m,
+            None => match self.formers.get(&record.dot.writer) {
+                Some((m, until)) if record.dot.counter <= *until => m,
+                _ => return Err(RecordError::UnknownWriter),
+            },
+        };
         if member.access != Access::ReadWrite {
             return Err(RecordError::ReadOnlyWriter);
+        }
+        if members::is_member_key(&record.key)
+            && let Some(value) = &record.value
+            && members::decode(&record.key, value).is_err()
+        {
+            return Err(RecordError::BadMembership);
         }
         record.verify(&self.share, &member.public_key)
     }
@@ -1156,6 +1327,12 @@ impl Replica {
             ops.push(PersistOp::RemoveRecord { seq: old });
         }
         self.by_seq.insert(seq, key.clone());
+        if members::is_member_key(&key)
+            && let Some(device) = self.refresh_membership(&key)
+        {
+            self.outputs
+                .push_back(Output::Event(Event::MembersChanged { device }));
+        }
         self.outputs
             .push_back(Output::Event(Event::Changed { key: key.clone() }));
         if let Some(siblings) = conflict {
@@ -1174,6 +1351,19 @@ impl Replica {
         self.in_flight.push_back((id, self.meta.seq, writes));
         self.outputs.push_back(Output::Persist { id, ops });
     }
+}
+
+/// Refuses application writes under the membership prefix (use `set_membership`).
+fn reserved(key: &str) -> Result<(), Misuse> {
+    if members::is_member_key(key) {
+        return Err(Misuse::BadConfig {
+            detail: format!(
+                "keys starting with {:?} are membership records: use set_membership",
+                members::MEMBERS_PREFIX
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The longest prefix of `s` of at most `max` bytes ending on a character boundary.

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test file uses a different subset.
 
+pub mod net;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
