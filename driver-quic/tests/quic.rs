@@ -1,4 +1,4 @@
-//! The driver conformance suite (`clearskies_tokio::conformance`) over QUIC on real loopback
+//! The driver conformance suite (`clearskies_runtime::conformance`) over QUIC on real loopback
 //! UDP sockets: two devices with redb stores sync both ways and catch up after a restart, a
 //! stranger is refused in the handshake, and a connection closed mid-transfer is reported and
 //! healed by reconnecting. Plus what only QUIC has here: its channel binding.
@@ -10,7 +10,9 @@ use clearskies_net::{CHANNEL_BINDING_LEN, PeerKey, PeerPolicy};
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_quic::quinn::{Endpoint, VarInt};
 use clearskies_quic::{QuicStream, accept, bind, channel_binding, connect};
+use clearskies_tokio::Tokio;
 use clearskies_tokio::conformance::{self, Cut, Transport};
+use clearskies_tokio::node::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn loopback() -> SocketAddr {
@@ -24,7 +26,13 @@ struct Quic;
 
 impl Transport for Quic {
     type Listener = Endpoint;
+    type Runtime = Tokio;
+    type Family = TokioIo;
     type Stream = QuicStream;
+
+    fn runtime(&self) -> Tokio {
+        Tokio
+    }
 
     async fn listen(&self, key: &DeviceKey, policy: PeerPolicy) -> Endpoint {
         bind(loopback(), key, policy).unwrap()

@@ -1,8 +1,10 @@
 //! # clearskies-tokio
 //!
-//! The ClearSkies driver for tokio. Today it binds one [`Session`] to any tokio byte stream
-//! ([`run_session`]); TCP + TLS 1.3 with pinned device keys, the listener and dialer, storage
-//! and the application API arrive with the drivers issue.
+//! The ClearSkies driver for tokio: TCP + TLS 1.3 with pinned device keys ([`tls`]), pairing
+//! ([`pairing`]), LAN discovery ([`discovery`]), and the whole-device runtime of
+//! `clearskies-runtime` run on tokio: [`node`] and [`folder`] re-export it with tokio's
+//! spawn and timers ([`Tokio`]), and take tokio byte streams. [`run_session`] binds one
+//! [`Session`] to any tokio byte stream.
 //!
 //! The loop follows proto's contract: one owner task; wait for bytes, the deadline or a
 //! command; feed exactly one input; drain events; write frames while the socket takes them;
@@ -12,17 +14,69 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "conformance")]
-pub mod conformance;
+pub use clearskies_runtime::conformance;
 pub mod discovery;
-pub mod folder;
-pub mod node;
 pub mod pairing;
 pub mod tls;
 
+// `node` and `folder` live in `clearskies-runtime`; these modules only bind them to tokio (they
+// are inline so that the moved files keep their history there).
+pub mod node {
+    //! A whole device on tokio: `clearskies_runtime::node` run with tokio's spawn and timers
+    //! ([`Tokio`]). [`NodeHandle::add_connection`] takes tokio byte streams (TLS streams, QUIC
+    //! streams) as well as `futures-io` ones.
+
+    use clearskies_proto::node::{Event, Node};
+    pub use clearskies_runtime::node::{
+        ChunkRead, ChunkReads, FolderLink, FuturesIo, IntoStream, NodeError, NodeHandle, Stream,
+        TokioIo, WRITE_QUEUE,
+    };
+    use tokio::sync::mpsc;
+
+    use crate::{MonotonicClock, Tokio};
+
+    /// Starts `node` on the current tokio runtime. Events (peers, database changes, conflicts)
+    /// arrive on the returned receiver; the task ends after [`NodeHandle::shutdown`].
+    pub fn spawn_node(
+        node: Node,
+        clock: MonotonicClock,
+    ) -> (
+        NodeHandle,
+        mpsc::Receiver<Event>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (handle, events, owner) = clearskies_runtime::node::node(Tokio, node, clock);
+        (handle, events, tokio::spawn(owner))
+    }
+}
+
+pub mod folder {
+    //! A folder share on tokio: `clearskies_runtime::folder` run with tokio's spawn and timers.
+
+    use clearskies_proto::identity::DeviceId;
+    pub use clearskies_runtime::folder::{DEBOUNCE, FolderConfig, FolderHandle, FolderStatus};
+
+    use crate::Tokio;
+    use crate::node::NodeHandle;
+
+    /// Opens the folder and starts its thread and syncer on the current tokio runtime. The first
+    /// scan runs before this returns, so a peer never sees this device as agreeing before it has
+    /// looked at its disk.
+    pub async fn spawn_folder(
+        node: NodeHandle,
+        me: DeviceId,
+        config: FolderConfig,
+    ) -> Result<FolderHandle, String> {
+        clearskies_runtime::folder::spawn_folder(Tokio, node, me, config).await
+    }
+}
+
 use std::time::Instant;
 
+pub use clearskies_runtime::MonotonicClock;
+use clearskies_runtime::{BoxFuture, Runtime};
+
 use bytes::Bytes;
-use clearskies_proto::Timestamp;
 use clearskies_proto::session::{Event, Priority, Session};
 use clearskies_proto::wire::{CloseCode, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -96,42 +150,18 @@ impl SessionHandle {
     }
 }
 
-/// Converts the driver's monotonic clock to proto's [`Timestamp`].
-#[derive(Debug, Clone, Copy)]
-pub struct MonotonicClock {
-    origin: Instant,
-}
+/// The tokio [`Runtime`]: `tokio::spawn` and `tokio::time::sleep_until`. Must be used within a
+/// tokio runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokio;
 
-impl Default for MonotonicClock {
-    fn default() -> Self {
-        MonotonicClock::new()
-    }
-}
-
-impl MonotonicClock {
-    /// A clock whose origin is now.
-    pub fn new() -> MonotonicClock {
-        MonotonicClock {
-            origin: Instant::now(),
-        }
+impl Runtime for Tokio {
+    fn spawn(&self, task: BoxFuture<()>) {
+        tokio::spawn(task);
     }
 
-    /// The current time.
-    pub fn now(&self) -> Timestamp {
-        self.at(Instant::now())
-    }
-
-    /// `instant` as a timestamp.
-    pub fn at(&self, instant: Instant) -> Timestamp {
-        Timestamp::from_micros(
-            u64::try_from(instant.saturating_duration_since(self.origin).as_micros())
-                .unwrap_or(u64::MAX),
-        )
-    }
-
-    /// `ts` as an instant.
-    pub fn instant(&self, ts: Timestamp) -> Instant {
-        self.origin + std::time::Duration::from_micros(ts.as_micros())
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep_until(deadline.into()))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The driver conformance suite (`clearskies_tokio::conformance`) over TCP + TLS 1.3 with
+//! The driver conformance suite (`clearskies_runtime::conformance`) over TCP + TLS 1.3 with
 //! pinned device keys, on real loopback sockets: two devices with redb stores sync both ways
 //! and catch up after a restart, a stranger is refused in the handshake, and a connection cut
 //! mid-transfer is reported and healed by reconnecting.
@@ -10,7 +10,9 @@ use std::sync::Arc;
 use clearskies_net::rustls::ServerConfig;
 use clearskies_net::{PeerKey, PeerPolicy};
 use clearskies_proto::crypto::DeviceKey;
+use clearskies_tokio::Tokio;
 use clearskies_tokio::conformance::{self, Cut, Transport};
+use clearskies_tokio::node::TokioIo;
 use clearskies_tokio::tls::{self, TlsStream};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -18,7 +20,13 @@ struct Tls;
 
 impl Transport for Tls {
     type Listener = (TcpListener, Arc<ServerConfig>);
+    type Runtime = Tokio;
+    type Family = TokioIo;
     type Stream = TlsStream;
+
+    fn runtime(&self) -> Tokio {
+        Tokio
+    }
 
     async fn listen(&self, key: &DeviceKey, policy: PeerPolicy) -> Self::Listener {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

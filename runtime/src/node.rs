@@ -1,4 +1,5 @@
-//! A whole device on tokio: proto's [`Node`] bound to sockets, a timer and the store.
+//! A whole device on any runtime: proto's [`Node`] bound to byte streams, a timer and the
+//! store.
 //!
 //! One owner task runs the node. Each connection has a reader task (bytes → owner) and a
 //! writer task (frames ← owner, through a channel of [`WRITE_QUEUE`] frames): the owner pulls a
@@ -7,7 +8,6 @@
 //! applying batches in order. The application talks to the owner through a [`NodeHandle`].
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use clearskies_proto::db::{self, Dot, Entry, Member, ShareId, VersionVector};
@@ -15,10 +15,11 @@ use clearskies_proto::files::Hash;
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::node::{ConnId, Event, Node, Output};
 use clearskies_store::{ReplicaStore, StoreError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_util::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::MonotonicClock;
+use crate::{BoxFuture, MonotonicClock, Runtime, unix_micros};
 
 /// Frames queued per connection between the owner and the writer task.
 pub const WRITE_QUEUE: usize = 8;
@@ -27,9 +28,43 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Inputs the owner handles per wake-up before re-checking timers and writers.
 const INPUTS_PER_WAKE: usize = 64;
 
-/// A byte stream the driver can run a session on (a TLS stream, a TCP stream in tests).
+/// A byte stream the driver can run a session on (a TLS stream, a TCP stream in tests), as
+/// `futures-io` sees it.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// A byte stream of some I/O trait family that the node can take: `futures-io` streams
+/// ([`FuturesIo`]) and, with the `tokio-io` feature, tokio streams ([`TokioIo`]). The marker
+/// `Family` only lets both blanket implementations exist; callers never name it.
+pub trait IntoStream<Family>: Send + 'static {
+    /// The stream as the node runs it.
+    fn into_stream(self) -> Box<dyn Stream>;
+}
+
+/// The [`IntoStream`] family of `futures-io` streams.
+#[derive(Debug)]
+pub enum FuturesIo {}
+
+impl<T: Stream> IntoStream<FuturesIo> for T {
+    fn into_stream(self) -> Box<dyn Stream> {
+        Box::new(self)
+    }
+}
+
+/// The [`IntoStream`] family of tokio streams, adapted with `tokio-util`'s `compat`.
+#[cfg(feature = "tokio-io")]
+#[derive(Debug)]
+pub enum TokioIo {}
+
+#[cfg(feature = "tokio-io")]
+impl<T> IntoStream<TokioIo> for T
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    fn into_stream(self) -> Box<dyn Stream> {
+        Box::new(tokio_util::compat::TokioAsyncReadCompatExt::compat(self))
+    }
+}
 
 /// Why a request to the node failed.
 #[derive(Debug)]
@@ -142,15 +177,15 @@ impl NodeHandle {
     }
 
     /// Hands the node an authenticated connection to `peer` (TLS verified the peer's key).
-    pub async fn add_connection(
+    pub async fn add_connection<Family>(
         &self,
         peer: DeviceId,
-        stream: impl Stream,
+        stream: impl IntoStream<Family>,
     ) -> Result<(), NodeError> {
         self.inputs
             .send(Input::Connection {
                 peer,
-                stream: Box::new(stream),
+                stream: stream.into_stream(),
             })
             .await
             .map_err(|_| NodeError::Stopped)
@@ -367,19 +402,20 @@ impl NodeHandle {
     }
 }
 
-/// Starts `node` on the current tokio runtime. Events (peers, database changes, conflicts)
-/// arrive on the returned receiver.
-pub fn spawn_node(
+/// Prepares `node` to run on `runtime`: returns its handle, the receiver its events (peers,
+/// database changes, conflicts) arrive on, and the owner task, which the caller spawns with its
+/// runtime's own spawn (so that it gets that runtime's join handle) or awaits. The owner task
+/// spawns each connection's reader and writer on `runtime`; it ends after
+/// [`NodeHandle::shutdown`] once every store has written what it was given.
+pub fn node<R: Runtime>(
+    runtime: R,
     node: Node,
     clock: MonotonicClock,
-) -> (
-    NodeHandle,
-    mpsc::Receiver<Event>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (NodeHandle, mpsc::Receiver<Event>, BoxFuture<()>) {
     let (inputs, receiver) = mpsc::channel(256);
     let (events_tx, events) = mpsc::channel(1024);
     let owner = Owner {
+        runtime,
         node,
         clock,
         inputs: inputs.clone(),
@@ -391,11 +427,21 @@ pub fn spawn_node(
         next_conn: 1,
         events: events_tx,
     };
-    let task = tokio::spawn(owner.run(receiver));
-    (NodeHandle { inputs }, events, task)
+    (NodeHandle { inputs }, events, Box::pin(owner.run(receiver)))
 }
 
-struct Owner {
+/// [`node`], with the owner task spawned on `runtime`.
+pub fn spawn_node<R: Runtime>(
+    runtime: R,
+    node: Node,
+    clock: MonotonicClock,
+) -> (NodeHandle, mpsc::Receiver<Event>, crate::Task<()>) {
+    let (handle, events, owner) = self::node(runtime.clone(), node, clock);
+    (handle, events, crate::spawn_task(&runtime, owner))
+}
+
+struct Owner<R> {
+    runtime: R,
     node: Node,
     clock: MonotonicClock,
     inputs: mpsc::Sender<Input>,
@@ -408,20 +454,14 @@ struct Owner {
     events: mpsc::Sender<Event>,
 }
 
-fn wall_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-impl Owner {
+impl<R: Runtime> Owner<R> {
     async fn run(mut self, inputs: mpsc::Receiver<Input>) {
         self.serve(inputs).await;
         // Let each store finish the batches it has, then release its file, before the task
         // ends: a node restarted right after can open it again.
         self.stores.clear();
         let threads = std::mem::take(&mut self.store_threads);
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = crate::blocking("clearskies-store-join", move || {
             for t in threads {
                 let _ = t.join();
             }
@@ -432,12 +472,8 @@ impl Owner {
     async fn serve(&mut self, mut inputs: mpsc::Receiver<Input>) {
         loop {
             let deadline = self.node.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(t) => tokio::time::sleep_until(self.clock.instant(t).into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep =
+                crate::sleep_or_forever(&self.runtime, deadline.map(|t| self.clock.instant(t)));
             tokio::select! {
                 input = inputs.recv() => {
                     let Some(input) = input else { return };
@@ -470,11 +506,17 @@ impl Owner {
             Input::Connection { peer, stream } => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                let (reader, writer) = tokio::io::split(stream);
+                let (reader, writer) = stream.split();
                 let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE);
                 self.writers.insert(conn, frames_tx);
-                tokio::spawn(read_loop(conn, reader, self.inputs.clone()));
-                tokio::spawn(write_loop(conn, writer, frames_rx, self.inputs.clone()));
+                self.runtime
+                    .spawn(Box::pin(read_loop(conn, reader, self.inputs.clone())));
+                self.runtime.spawn(Box::pin(write_loop(
+                    conn,
+                    writer,
+                    frames_rx,
+                    self.inputs.clone(),
+                )));
                 self.node.handle_connected(now, conn, peer);
             }
             Input::Bytes(conn, bytes) => self.node.handle_bytes(now, conn, &bytes),
@@ -528,10 +570,10 @@ impl Owner {
                 let result = match (value, context) {
                     (value, Some(c)) => {
                         self.node
-                            .write_after(&share, wall_micros(), &key, value, &c)
+                            .write_after(&share, unix_micros(), &key, value, &c)
                     }
-                    (Some(v), None) => self.node.put(&share, wall_micros(), &key, v),
-                    (None, None) => self.node.delete(&share, wall_micros(), &key),
+                    (Some(v), None) => self.node.put(&share, unix_micros(), &key, v),
+                    (None, None) => self.node.delete(&share, unix_micros(), &key),
                 };
                 match result {
                     Ok(dot) => {
@@ -734,5 +776,5 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let _ = inputs.try_send(Input::Writable);
         }
     }
-    let _ = writer.shutdown().await;
+    let _ = writer.close().await;
 }

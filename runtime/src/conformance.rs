@@ -1,7 +1,7 @@
 //! The driver conformance suite (`STYLE.md` rule 14): the scenarios every transport that feeds
 //! this runtime must pass, written once. A driver's tests implement [`Transport`] (listen,
-//! accept, dial on real sockets) and call each scenario; the scenarios run whole nodes with
-//! redb stores on the tokio runtime and assert on what the replicas hold.
+//! accept, dial on real sockets, and the [`Runtime`] the nodes run on) and call each scenario;
+//! the scenarios run whole nodes with redb stores and assert on what the replicas hold.
 //!
 //! Built only with the `conformance` feature, which driver crates enable for their tests.
 //!
@@ -21,11 +21,11 @@ use clearskies_proto::identity::DeviceId;
 use clearskies_proto::node::{Event, Node};
 use clearskies_proto::session::SessionConfig;
 use clearskies_store::ReplicaStore;
-use tokio::io::AsyncReadExt;
+use futures_util::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::MonotonicClock;
-use crate::node::{NodeHandle, Stream, spawn_node};
+use crate::node::{IntoStream, NodeHandle, spawn_node};
+use crate::{MonotonicClock, Runtime, Task};
 
 /// Cuts a connection abruptly, as a network failure or a crashed peer would: the session gets
 /// no chance to close.
@@ -37,10 +37,17 @@ pub type Cut = Box<dyn FnOnce() + Send>;
 /// be `Send`.
 #[allow(async_fn_in_trait)]
 pub trait Transport {
+    /// The runtime the nodes run on.
+    type Runtime: Runtime;
     /// What [`Transport::listen`] returns: a bound listening socket and its configuration.
     type Listener;
+    /// The I/O trait family of [`Transport::Stream`] (see [`IntoStream`]).
+    type Family;
     /// The authenticated byte stream.
-    type Stream: Stream;
+    type Stream: IntoStream<Self::Family>;
+
+    /// The runtime the nodes run on.
+    fn runtime(&self) -> Self::Runtime;
 
     /// Binds a listener on loopback that presents `key` and judges dialers with `policy`.
     async fn listen(&self, key: &DeviceKey, policy: PeerPolicy) -> Self::Listener;
@@ -90,18 +97,18 @@ fn members() -> BTreeMap<DeviceId, Member> {
 struct Device {
     handle: NodeHandle,
     events: mpsc::Receiver<Event>,
-    task: tokio::task::JoinHandle<()>,
+    task: Task<()>,
 }
 
-/// Starts device `n` with its store in `dir` (reopened if it exists).
-async fn start(n: u8, dir: &std::path::Path) -> Device {
+/// Starts device `n` on `runtime` with its store in `dir` (reopened if it exists).
+async fn start<R: Runtime>(runtime: &R, n: u8, dir: &std::path::Path) -> Device {
     let clock = MonotonicClock::new();
     let config = SessionConfig {
         device_name: format!("device-{n}"),
         ..SessionConfig::default()
     };
     let node = Node::new(key(n), config, clock.now());
-    let (handle, events, task) = spawn_node(node, clock);
+    let (handle, events, task) = spawn_node(runtime.clone(), node, clock);
     let store = ReplicaStore::open(&dir.join(format!("replica-{n}.redb"))).expect("open store");
     handle
         .open_share(SHARE, members(), store)
@@ -131,7 +138,7 @@ async fn connect<T: Transport>(transport: &T, a: &NodeHandle, b: &NodeHandle) ->
     let accepting = async {
         let (peer, stream, cut) = transport.accept(&listener).await.expect("A accepts B");
         assert_eq!(peer.device_id, key(2).device_id());
-        a.add_connection(peer.device_id, stream)
+        a.add_connection::<T::Family>(peer.device_id, stream)
             .await
             .expect("A running");
         cut
@@ -142,7 +149,7 @@ async fn connect<T: Transport>(transport: &T, a: &NodeHandle, b: &NodeHandle) ->
             .await
             .expect("B dials A");
         assert_eq!(peer.device_id, key(1).device_id());
-        b.add_connection(peer.device_id, stream)
+        b.add_connection::<T::Family>(peer.device_id, stream)
             .await
             .expect("B running");
     };
@@ -150,8 +157,12 @@ async fn connect<T: Transport>(transport: &T, a: &NodeHandle, b: &NodeHandle) ->
     cut
 }
 
-async fn wait_for(events: &mut mpsc::Receiver<Event>, what: impl Fn(&Event) -> bool) {
-    tokio::time::timeout(PATIENCE, async {
+async fn wait_for<R: Runtime>(
+    runtime: &R,
+    events: &mut mpsc::Receiver<Event>,
+    what: impl Fn(&Event) -> bool,
+) {
+    crate::timeout(runtime, PATIENCE, async {
         while let Some(e) = events.recv().await {
             if what(&e) {
                 return;
@@ -188,9 +199,10 @@ async fn records(h: &NodeHandle) -> Vec<(String, Vec<db::Record>)> {
 /// Two devices sync writes made before connecting both ways, then live writes; B stops, A
 /// writes and deletes, B restarts from its files and catches up.
 pub async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up<T: Transport>(transport: &T) {
+    let rt = transport.runtime();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut a = start(1, dir.path()).await;
-    let mut b = start(2, dir.path()).await;
+    let mut a = start(&rt, 1, dir.path()).await;
+    let mut b = start(&rt, 2, dir.path()).await;
     // Writes made before any connection.
     a.handle
         .put(SHARE, "notes/a", Bytes::from_static(b"\x61a"))
@@ -201,8 +213,8 @@ pub async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up<T: Transpo
         .await
         .unwrap();
     let _ = connect(transport, &a.handle, &b.handle).await;
-    wait_for(&mut a.events, changed("notes/b")).await;
-    wait_for(&mut b.events, changed("notes/a")).await;
+    wait_for(&rt, &mut a.events, changed("notes/b")).await;
+    wait_for(&rt, &mut b.events, changed("notes/a")).await;
     // Both report agreement once the exchange settles.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !(a.handle.synced_with(key(2).device_id()).await.unwrap()
@@ -212,7 +224,7 @@ pub async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up<T: Transpo
             std::time::Instant::now() < deadline,
             "the nodes never reported being in sync"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::sleep(&rt, Duration::from_millis(20)).await;
     }
     assert_eq!(value(&b.handle, "notes/a").await, Some(b"\x61a".to_vec()));
     assert_eq!(value(&a.handle, "notes/b").await, Some(b"\x61b".to_vec()));
@@ -228,7 +240,7 @@ pub async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up<T: Transpo
             .await
             .unwrap();
     }
-    wait_for(&mut b.events, changed("live/099")).await;
+    wait_for(&rt, &mut b.events, changed("live/099")).await;
     assert_eq!(b.handle.list(SHARE, "live/").await.unwrap().len(), 100);
 
     // B stops; A writes; B restarts from its files and catches up.
@@ -238,14 +250,14 @@ pub async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up<T: Transpo
         .put(SHARE, "while-away", Bytes::from_static(b"\x61x"))
         .await
         .unwrap();
-    let mut b = start(2, dir.path()).await;
+    let mut b = start(&rt, 2, dir.path()).await;
     assert_eq!(
         b.handle.list(SHARE, "live/").await.unwrap().len(),
         100,
         "B's own store kept its copy"
     );
     let _ = connect(transport, &a.handle, &b.handle).await;
-    wait_for(&mut b.events, changed("while-away")).await;
+    wait_for(&rt, &mut b.events, changed("while-away")).await;
     assert_eq!(
         value(&b.handle, "notes/a").await,
         None,
@@ -275,19 +287,21 @@ pub async fn a_device_that_is_not_a_member_is_refused_in_the_handshake<T: Transp
     let addr = T::addr(&listener);
     let accepting = transport.accept(&listener);
     let dialing = async {
-        let (_, mut stream) = transport
+        let (_, stream) = transport
             .dial(&key(3), PeerPolicy::pinned([key(1).device_id()]), addr)
             .await?;
+        let mut stream = IntoStream::<T::Family>::into_stream(stream);
         let mut buf = [0u8; 1];
         match stream.read(&mut buf).await? {
             0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
             _ => Ok(buf),
         }
     };
-    let (accepted, dialed) =
-        tokio::time::timeout(PATIENCE, async { tokio::join!(accepting, dialing) })
-            .await
-            .expect("the refusal in time");
+    let (accepted, dialed) = crate::timeout(&transport.runtime(), PATIENCE, async {
+        tokio::join!(accepting, dialing)
+    })
+    .await
+    .expect("the refusal in time");
     let err = accepted.err().expect("the stranger must be refused");
     let text = err.to_string();
     assert!(text.contains(&key(3).device_id().to_string()), "{text}");
@@ -312,35 +326,37 @@ pub async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge
 >(
     transport: &T,
 ) {
+    let rt = transport.runtime();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let a = start(1, dir.path()).await;
-    let mut b = start(2, dir.path()).await;
+    let a = start(&rt, 1, dir.path()).await;
+    let mut b = start(&rt, 2, dir.path()).await;
     let cut = connect(transport, &a.handle, &b.handle).await;
-    wait_for(&mut b.events, |e| matches!(e, Event::PeerUp { .. })).await;
+    wait_for(&rt, &mut b.events, |e| matches!(e, Event::PeerUp { .. })).await;
     // A's events are not examined: drain them so that A never waits on its event channel.
     let Device {
         handle: a_handle,
         events: mut a_events,
         task: a_task,
     } = a;
-    let a_drain = tokio::spawn(async move { while a_events.recv().await.is_some() {} });
+    let a_drain = crate::spawn_task(&rt, async move { while a_events.recv().await.is_some() {} });
 
-    let mut writes = tokio::task::JoinSet::new();
+    let mut writes = Vec::new();
     for i in 0..BULK_WRITES {
         let a = a_handle.clone();
-        writes.spawn(async move {
+        writes.push(crate::spawn_task(&rt, async move {
             let value = Bytes::from(vec![0x40 + (i % 20) as u8; BULK_VALUE_LEN]);
             a.put(SHARE, &format!("bulk/{i:04}"), value).await
-        });
+        }));
     }
     // As soon as bulk data reaches B, cut the connection.
-    wait_for(&mut b.events, |e| {
+    wait_for(&rt, &mut b.events, |e| {
         matches!(e, Event::Db { event: db::Event::Changed { key }, .. } if key.starts_with("bulk/"))
     })
     .await;
     cut();
     let a_id = key(1).device_id();
     wait_for(
+        &rt,
         &mut b.events,
         |e| matches!(e, Event::PeerDown { peer, .. } if *peer == a_id),
     )
@@ -352,8 +368,10 @@ pub async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge
     );
 
     // Both sides go on writing while apart.
-    while let Some(done) = writes.join_next().await {
-        done.expect("write task").expect("A's write is durable");
+    for done in writes {
+        done.await
+            .expect("write task")
+            .expect("A's write is durable");
     }
     b.handle
         .put(SHARE, "from-b/apart", Bytes::from_static(b"\x61b"))
@@ -364,23 +382,23 @@ pub async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge
         events: mut b_events,
         task: b_task,
     } = b;
-    let b_drain = tokio::spawn(async move { while b_events.recv().await.is_some() {} });
+    let b_drain = crate::spawn_task(&rt, async move { while b_events.recv().await.is_some() {} });
 
     let _ = connect(transport, &a_handle, &b_handle).await;
-    let converged = tokio::time::timeout(PATIENCE, async {
+    let converged = crate::timeout(&rt, PATIENCE, async {
         loop {
             let on_a = records(&a_handle).await;
             let on_b = records(&b_handle).await;
             if on_a.len() == BULK_WRITES + 1 && on_a == on_b {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            crate::sleep(&rt, Duration::from_millis(50)).await;
         }
     })
     .await;
     let (on_a, on_b) = (records(&a_handle).await, records(&b_handle).await);
     assert!(
-        converged.is_ok(),
+        converged.is_some(),
         "replicas did not converge: A has {} entries, B has {}",
         on_a.len(),
         on_b.len()

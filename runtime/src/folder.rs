@@ -1,4 +1,4 @@
-//! A folder share on tokio: proto's files layer bound to a real folder through
+//! A folder share on any runtime: proto's files layer bound to a real folder through
 //! [`clearskies_store::Folder`].
 //!
 //! Each folder share has one blocking thread that owns the [`Folder`] (scans, chunk reads
@@ -22,6 +22,7 @@ use clearskies_store::folder::{Folder, FolderError, LocalChange, Staging};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::node::{ChunkRead, ChunkReads, FolderLink, NodeHandle};
+use crate::{Runtime, unix_micros};
 
 /// Where a folder share lives and how often it is rescanned.
 #[derive(Debug, Clone)]
@@ -155,15 +156,17 @@ impl Disk {
     }
 }
 
-/// Opens the folder and starts its thread and syncer. The first scan runs before this
-/// returns, so a peer never sees this device as agreeing before it has looked at its disk.
-pub async fn spawn_folder(
+/// Opens the folder and starts its thread and its syncer (a task on `runtime`). The first scan
+/// runs before this returns, so a peer never sees this device as agreeing before it has looked
+/// at its disk.
+pub async fn spawn_folder<R: Runtime>(
+    runtime: R,
     node: NodeHandle,
     me: DeviceId,
     config: FolderConfig,
 ) -> Result<FolderHandle, String> {
     let (folder_cfg, versions_path) = (config.clone(), config.versions.clone());
-    let opened = tokio::task::spawn_blocking(move || {
+    let opened = crate::blocking("clearskies-folder-open", move || {
         let folder =
             Folder::open(&folder_cfg.root, &folder_cfg.index).map_err(|e| e.to_string())?;
         let versions = Versions::open(&versions_path).map_err(|e| e.to_string())?;
@@ -173,8 +176,7 @@ pub async fn spawn_folder(
             stagings: BTreeMap::new(),
         })
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
     let (reads_tx, reads_rx) = std::sync::mpsc::channel::<ChunkRead>();
     let answers = node.chunk_reads();
@@ -195,6 +197,7 @@ pub async fn spawn_folder(
     let (status_tx, status_rx) = watch::channel(FolderStatus::default());
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let mut syncer = Syncer {
+        runtime: runtime.clone(),
         node,
         me,
         share: config.share,
@@ -225,14 +228,14 @@ pub async fn spawn_folder(
             )
         })
         .ok();
-    tokio::spawn(syncer.run(
+    runtime.spawn(Box::pin(syncer.run(
         events_rx,
         commands_rx,
         touched_rx,
         watcher,
         config.rescan,
         scan_cost,
-    ));
+    )));
     Ok(FolderHandle {
         status: status_rx,
         commands: commands_tx,
@@ -272,7 +275,8 @@ struct Building {
     bytes: u64,
 }
 
-struct Syncer {
+struct Syncer<R> {
+    runtime: R,
     node: NodeHandle,
     me: DeviceId,
     share: ShareId,
@@ -297,7 +301,7 @@ struct Syncer {
     scanned: bool,
 }
 
-impl Syncer {
+impl<R: Runtime> Syncer<R> {
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<Event>,
@@ -308,9 +312,9 @@ impl Syncer {
         rescan: Duration,
         mut scan_cost: Duration,
     ) {
-        let mut last_scan = tokio::time::Instant::now();
+        let mut last_scan = Instant::now();
         // A change seen by the watcher: scan once things have been quiet for DEBOUNCE.
-        let mut debounce: Option<tokio::time::Instant> = None;
+        let mut debounce: Option<Instant> = None;
         loop {
             // Periodic rescans cost at most about 5% of the time.
             let next_scan = last_scan + rescan.max(scan_cost * 20);
@@ -319,7 +323,7 @@ impl Syncer {
             tokio::select! {
                 Some(()) = touched.recv() => {
                     while touched.try_recv().is_ok() {}
-                    debounce = Some(tokio::time::Instant::now() + DEBOUNCE);
+                    debounce = Some(Instant::now() + DEBOUNCE);
                     continue;
                 }
                 event = events.recv() => {
@@ -333,14 +337,14 @@ impl Syncer {
                     Some(Command::Rescan(reply)) => {
                         replies.extend(reply);
                         scan_cost = self.scan().await;
-                        last_scan = tokio::time::Instant::now();
+                        last_scan = Instant::now();
                     }
                     Some(Command::Stop) | None => return,
                 },
-                () = tokio::time::sleep_until(wake) => {
+                () = self.runtime.sleep_until(wake) => {
                     debounce = None;
                     scan_cost = self.scan().await;
-                    last_scan = tokio::time::Instant::now();
+                    last_scan = Instant::now();
                 }
             }
             if std::mem::take(&mut self.replan_all) {
@@ -790,7 +794,7 @@ impl Syncer {
         context: VersionVector,
     ) {
         if let Some(mut keep) = keep {
-            let copy = share_path::conflict_name(path, &self.me, wall_micros());
+            let copy = share_path::conflict_name(path, &self.me, unix_micros());
             keep.conflict_of = Some(path.to_owned());
             let (c, k) = (copy.clone(), keep.clone());
             let kept = self
@@ -837,12 +841,6 @@ impl Syncer {
             }
         }
     }
-}
-
-fn wall_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 enum Step {
