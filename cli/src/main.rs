@@ -9,6 +9,8 @@
 mod daemon;
 mod demo;
 mod home;
+mod peers;
+mod transport;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -253,10 +255,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if shallow {
                 return Err(Failure::not_yet("join --shallow"));
             }
-            if transport.as_deref().is_some_and(|t| t != "tcp") {
-                return Err(Failure::not_yet("join --transport quic"));
-            }
-            daemon::join(home, &code, &path, peer.into_iter().next())?;
+            daemon::join(home, &code, &path, peer.into_iter().next(), transport)?;
         }
         Command::Shares { json } => {
             let shares = home.shares()?;
@@ -306,10 +305,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             peer,
             rescan,
         } => {
-            if transport.as_deref().is_some_and(|t| t != "tcp") {
-                return Err(Failure::not_yet("run --transport quic"));
-            }
-            daemon::run(home, listen, peer, None, Duration::from_secs(rescan))?;
+            daemon::run(
+                home,
+                listen,
+                transport,
+                peer,
+                None,
+                Duration::from_secs(rescan),
+            )?;
         }
         Command::Sync {
             once,
@@ -322,12 +325,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     "use `clearskies run` to stay in sync, or `sync --once`",
                 ));
             }
-            if transport.as_deref().is_some_and(|t| t != "tcp") {
-                return Err(Failure::not_yet("sync --transport quic"));
-            }
             daemon::run(
                 home,
                 None,
+                transport,
                 peer,
                 Some(Duration::from_secs(timeout.unwrap_or(60))),
                 Duration::from_secs(3600),
