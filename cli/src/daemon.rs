@@ -2,7 +2,7 @@
 //! (pairing), on the tokio driver, over QUIC and TCP (`transport.rs`), with LAN discovery and
 //! remembered addresses (`peers.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -155,6 +155,8 @@ struct Network {
     reached: Mutex<BTreeSet<SocketAddr>>,
     /// Where peers were reached (`HOME/peers.json`).
     book: Mutex<PeerBook>,
+    /// When each peer's last member connection arrived (it may still be setting up).
+    incoming: Mutex<BTreeMap<DeviceId, Instant>>,
 }
 
 /// Where an address to dial came from.
@@ -175,6 +177,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Network {
     fn is_connected(&self, peer: &DeviceId) -> bool {
         lock(&self.device.connected).contains(peer)
+    }
+
+    /// Whether `peer` is connected, or has just connected to this device: a connection this
+    /// device dialled meanwhile would only replace that one.
+    fn has_session(&self, peer: &DeviceId) -> bool {
+        self.is_connected(peer)
+            || lock(&self.incoming)
+                .get(peer)
+                .is_some_and(|t| t.elapsed() < SESSION_SETUP)
     }
 
     fn remember(&self, update: impl FnOnce(&mut PeerBook) -> bool) {
@@ -216,6 +227,7 @@ async fn serve(net: Arc<Network>, accepted: std::io::Result<(Purpose, PeerKey, L
         }
     };
     if purpose == Purpose::Member {
+        lock(&net.incoming).insert(peer.device_id, Instant::now());
         let _ = device.node.add_connection(peer.device_id, link).await;
         return;
     }
@@ -298,9 +310,17 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
     loop {
         if !known.is_some_and(|d| net.is_connected(&d)) {
             match net.dialer.connect(addr, device.policy()).await {
+                Ok((peer, _)) if net.has_session(&peer.device_id) => {
+                    // Already connected (it dialled this device, or another address of it
+                    // was dialled): this address leads there too; keep the session there is.
+                    known = Some(peer.device_id);
+                    lock(&net.reached).insert(addr);
+                    failures = 0;
+                }
                 Ok((peer, link)) => {
                     known = Some(peer.device_id);
                     let over = link.kind();
+                    let (link, first_error) = link.watched();
                     if device
                         .node
                         .add_connection(peer.device_id, link)
@@ -310,7 +330,8 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
                         break;
                     }
                     // In TLS 1.3 a listener that refuses this device does so after the dialer's
-                    // side of the handshake: the session then never starts. Say so.
+                    // side of the handshake: the refusal is the first read's error, and the
+                    // session never starts. Say so.
                     if session_starts(device, peer.device_id).await {
                         backoff = Duration::from_millis(200);
                         failures = 0;
@@ -320,9 +341,9 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
                             book.success(peer.device_id, addr, crate::wall_micros() / 1_000_000);
                             true
                         });
-                    } else {
+                    } else if let Some(error) = lock(&first_error).take() {
                         let why = format!(
-                            "{} at {addr} refused this device during setup (is it still a member of a share there?)",
+                            "{} at {addr} refused this device during setup (is it still a member of a share there?): {error}",
                             peer.device_id
                         );
                         eprintln!("{why}");
@@ -330,6 +351,7 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         failures += 1;
                     }
+                    // Otherwise the session gave way to another connection with the peer.
                 }
                 Err(e) => {
                     eprintln!("cannot reach {addr}: {e}");
@@ -357,9 +379,12 @@ fn random_byte() -> u8 {
     b[0]
 }
 
-/// Whether a session with `peer` is established within a few seconds.
+/// How long a new connection may take to become a session.
+const SESSION_SETUP: Duration = Duration::from_secs(5);
+
+/// Whether a session with `peer` is established within [`SESSION_SETUP`].
 async fn session_starts(device: &Device, peer: DeviceId) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + SESSION_SETUP;
     while Instant::now() < deadline {
         if device
             .connected
@@ -475,6 +500,7 @@ pub fn run(
             first_attempts: Mutex::new(BTreeSet::new()),
             reached: Mutex::new(BTreeSet::new()),
             book: Mutex::new(book),
+            incoming: Mutex::new(BTreeMap::new()),
         });
         accept_all(&net, listener);
         for addr in &statics {

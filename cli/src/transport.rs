@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -123,6 +123,81 @@ impl AsyncWrite for Link {
             Link::Tcp(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Link::Quic(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// A [`Link`] that keeps the text of its first I/O error, for the dialer to tell a refusal
+/// (the listener's alert arrives as an error on the first read) from a session that ended
+/// for another reason.
+#[derive(Debug)]
+pub struct Watched {
+    link: Link,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+/// The first error a [`Watched`] link saw.
+pub type FirstError = Arc<Mutex<Option<String>>>;
+
+impl Link {
+    /// The link, and where its first error will be.
+    pub fn watched(self) -> (Watched, FirstError) {
+        let error = FirstError::default();
+        (
+            Watched {
+                link: self,
+                error: error.clone(),
+            },
+            error,
+        )
+    }
+}
+
+impl Watched {
+    fn record<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &result {
+            let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(match self.link {
+                    Link::Tcp(_) => clearskies_net::describe_handshake_error(e),
+                    Link::Quic(_) => e.to_string(),
+                });
+            }
+        }
+        result
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.link).poll_read(cx, buf);
+        this.record(result)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.link).poll_write(cx, buf);
+        this.record(result)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.link).poll_flush(cx);
+        this.record(result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().link).poll_shutdown(cx)
     }
 }
 
