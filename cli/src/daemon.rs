@@ -216,7 +216,11 @@ impl Network {
 }
 
 /// Serves one incoming connection, over TCP or QUIC: a member's session, or a pairing attempt.
-async fn serve(net: Arc<Network>, accepted: std::io::Result<(Purpose, PeerKey, Link)>, from: IpAddr) {
+async fn serve(
+    net: Arc<Network>,
+    accepted: std::io::Result<(Purpose, PeerKey, Link)>,
+    from: IpAddr,
+) {
     let device = &net.device;
     let address = from.to_string();
     let (purpose, peer, link) = match accepted {
@@ -246,7 +250,11 @@ async fn serve(net: Arc<Network>, accepted: std::io::Result<(Purpose, PeerKey, L
         address.as_bytes(),
         &device.key,
         device.invitations.clone(),
-        move |a| d.home.add_member(&a.share_id, a.public_key, a.access).unwrap_or_default(),
+        move |a| {
+            d.home
+                .add_member(&a.share_id, a.public_key, a.access)
+                .unwrap_or_default()
+        },
     )
     .await;
     // The registry changed either way (a use, or a failure counted): keep it.
@@ -467,7 +475,10 @@ pub fn run(
     let transport = Transport::parse(transport.as_deref().or(config.transport.as_deref()))?;
     // `sync --once` listens too, on any port: LAN discovery announces it (a hello that
     // running peers answer at once), and peers that find it may dial it.
-    let listen = match listen.or_else(|| config.listen.clone()).filter(|_| once.is_none()) {
+    let listen = match listen
+        .or_else(|| config.listen.clone())
+        .filter(|_| once.is_none())
+    {
         Some(a) => vec![resolve(&a)?],
         None => any_port(),
     };
@@ -651,22 +662,21 @@ pub fn join(
     let addr = resolve(&peer.ok_or_else(|| {
         Failure::usage("pass the inviting device's address with --peer HOST:PORT (an access code cannot be looked up on the network yet)")
     })?)?;
-    let joined = runtime()?
-        .block_on(async {
-            let dialer = Dialer::new(transport, &key)?;
-            let failed = |e: String| Failure {
-                message: format!("pairing failed: {e}"),
-                code: 1,
-            };
-            let (peer, link) = dialer
-                .connect(addr, PeerPolicy::Pairing)
-                .await
-                .map_err(|e| failed(format!("cannot reach {addr}: {e}")))?;
-            let binding = link.channel_binding().map_err(|e| failed(e.to_string()))?;
-            pairing::join_stream(link, binding, peer.public_key, &key, code)
-                .await
-                .map_err(|e| failed(e.to_string()))
-        })?;
+    let joined = runtime()?.block_on(async {
+        let dialer = Dialer::new(transport, &key)?;
+        let failed = |e: String| Failure {
+            message: format!("pairing failed: {e}"),
+            code: 1,
+        };
+        let (peer, link) = dialer
+            .connect(addr, PeerPolicy::Pairing)
+            .await
+            .map_err(|e| failed(format!("cannot reach {addr}: {e}")))?;
+        let binding = link.channel_binding().map_err(|e| failed(e.to_string()))?;
+        pairing::join_stream(link, binding, peer.public_key, &key, code)
+            .await
+            .map_err(|e| failed(e.to_string()))
+    })?;
     std::fs::create_dir_all(path).map_err(|e| Failure::io(path, e))?;
     let share = ShareFile {
         id: hex::encode(joined.share_id),

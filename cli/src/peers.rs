@@ -149,7 +149,11 @@ mod tests {
         assert_eq!(book.addresses(), vec![b]);
         // Only the most recent addresses of a device are kept.
         for port in 0..10u16 {
-            book.success(device(3), SocketAddr::from(([192, 0, 2, 1], port)), 40 + u64::from(port));
+            book.success(
+                device(3),
+                SocketAddr::from(([192, 0, 2, 1], port)),
+                40 + u64::from(port),
+            );
         }
         assert_eq!(book.addresses().len(), ADDRESSES_PER_PEER);
     }

@@ -71,9 +71,9 @@ impl Link {
     pub fn channel_binding(&self) -> io::Result<[u8; 32]> {
         match self {
             Link::Tcp(s) => clearskies_tokio::pairing::binding(s),
-            Link::Quic(s) => s.channel_binding().map_err(|_| {
-                io::Error::other("the QUIC handshake gave no channel binding")
-            }),
+            Link::Quic(s) => s
+                .channel_binding()
+                .map_err(|_| io::Error::other("the QUIC handshake gave no channel binding")),
         }
     }
 
@@ -277,9 +277,7 @@ impl Dialer {
             (Some(endpoint), true) => match over_quic(endpoint).await {
                 Ok(connected) => Ok(connected),
                 Err(quic_error) => {
-                    let connected = over_tcp()
-                        .await
-                        .map_err(|e| both_failed(&quic_error, &e))?;
+                    let connected = over_tcp().await.map_err(|e| both_failed(&quic_error, &e))?;
                     self.tcp_first
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -324,7 +322,11 @@ pub async fn listen(
     let mut last = None;
     for _ in 0..PORT_TRIES {
         let tcp = if transport.tcp() {
-            Some(TcpListener::bind(addr).await.map_err(|e| cannot("TCP", e))?)
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| cannot("TCP", e))?,
+            )
         } else {
             None
         };

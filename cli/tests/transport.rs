@@ -194,7 +194,11 @@ fn two_daemons_find_each_other_by_lan_discovery_and_sync() {
     // No --peer, nothing remembered: only discovery can bring them together.
     let phone = daemon_at(&d.b, &format!("[::]:{}", free_port()), &["--rescan", "1"]);
     d.equal("found by discovery", &[&laptop, &phone]);
-    assert!(phone.log().contains("LAN discovery on UDP port"), "{}", phone.log());
+    assert!(
+        phone.log().contains("LAN discovery on UDP port"),
+        "{}",
+        phone.log()
+    );
     fs::write(d.fb.join("reply.txt"), b"found you").unwrap();
     d.equal("back", &[&laptop, &phone]);
     stop(phone);
@@ -227,7 +231,10 @@ fn sync_once_without_peer_uses_the_remembered_address() {
     assert!(err.contains("no peer found"), "{err}");
     assert!(err.contains("discovery is off"), "{err}");
     // One check-in with --peer remembers the address...
-    let out = run(&d.b, &["sync", "--once", "--peer", &peer, "--timeout", "15"]);
+    let out = run(
+        &d.b,
+        &["sync", "--once", "--peer", &peer, "--timeout", "15"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let remembered = fs::read_to_string(d.b.join("peers.json"))
         .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
@@ -258,7 +265,11 @@ fn bad_transport_config_port_and_peer_are_reported() {
     // An unknown transport.
     let out = run(&d.a, &["run", "--transport", "udp"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("expected quic or tcp"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expected quic or tcp"),
+        "{}",
+        stderr(&out)
+    );
     // A port in use (over TCP, or over UDP when only QUIC is asked for).
     let port = free_port();
     let laptop = daemon(&d.a, port, &[]);
@@ -274,7 +285,11 @@ fn bad_transport_config_port_and_peer_are_reported() {
             ],
         );
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-        assert!(stderr(&out).contains("cannot listen on"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cannot listen on"),
+            "{}",
+            stderr(&out)
+        );
     }
     stop(laptop);
     // An unreachable inviter.
@@ -293,8 +308,14 @@ fn bad_transport_config_port_and_peer_are_reported() {
     for (bad, says) in [
         ("{not json", "is not a valid configuration"),
         (r#"{"peer": ["x:1"]}"#, "unknown field `peer`"),
-        (r#"{"transport": "carrier pigeon"}"#, "expected \"quic\" or \"tcp\""),
-        (r#"{"peers": ["no port here"]}"#, "is not a HOST:PORT address"),
+        (
+            r#"{"transport": "carrier pigeon"}"#,
+            "expected \"quic\" or \"tcp\"",
+        ),
+        (
+            r#"{"peers": ["no port here"]}"#,
+            "is not a HOST:PORT address",
+        ),
     ] {
         write_config(&d.b, bad);
         let out = run(&d.b, &["sync", "--once", "--timeout", "2"]);

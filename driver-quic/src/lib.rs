@@ -176,7 +176,11 @@ pub fn bind_either(
 /// Binds a UDP socket at `addr` for dialling only (it accepts no connection): as `key`,
 /// judging listeners with `policy` ([`PeerPolicy::Pairing`] for a joiner). Must be called
 /// within a tokio runtime.
-pub fn client(addr: SocketAddr, key: &DeviceKey, policy: PeerPolicy) -> io::Result<quinn::Endpoint> {
+pub fn client(
+    addr: SocketAddr,
+    key: &DeviceKey,
+    policy: PeerPolicy,
+) -> io::Result<quinn::Endpoint> {
     let mut endpoint = quinn::Endpoint::client(addr)?;
     endpoint.set_default_client_config(client_config(key, policy)?);
     Ok(endpoint)
@@ -260,7 +264,10 @@ pub async fn accept(
                 .close(CLOSE_NOT_CLEARSKIES, b"this endpoint does not pair");
             Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("device {} came to pair, which this endpoint does not do", peer.device_id),
+                format!(
+                    "device {} came to pair, which this endpoint does not do",
+                    peer.device_id
+                ),
             ))
         }
     }
@@ -308,9 +315,7 @@ fn established(connection: &quinn::Connection) -> io::Result<(Purpose, PeerKey)>
     checked.map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
 }
 
-fn check_established(
-    connection: &quinn::Connection,
-) -> Result<(Purpose, PeerKey), NotEstablished> {
+fn check_established(connection: &quinn::Connection) -> Result<(Purpose, PeerKey), NotEstablished> {
     let protocol = connection
         .handshake_data()
         .and_then(|data| data.downcast::<HandshakeData>().ok())

@@ -222,13 +222,8 @@ pub async fn join_stream(
     key: &DeviceKey,
     code: &AccessCode,
 ) -> Result<Joined, PairingFailure> {
-    let joiner = clearskies_proto::pair::Joiner::new(
-        code,
-        binding,
-        key.public_key(),
-        peer_key,
-        seed(),
-    );
+    let joiner =
+        clearskies_proto::pair::Joiner::new(code, binding, key.public_key(), peer_key, seed());
     exchange(stream, JoinSide { joiner }, "joiner").await
 }
 
@@ -307,13 +302,7 @@ pub async fn admit_stream(
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
 ) -> Result<Admitted, PairingFailure> {
-    let inviter = Inviter::new(
-        binding,
-        key.public_key(),
-        peer_key,
-        address,
-        seed(),
-    );
+    let inviter = Inviter::new(binding, key.public_key(), peer_key, address, seed());
     exchange(
         stream,
         InviteSide {
