@@ -73,6 +73,7 @@ enum Command {
         shallow: bool,
         #[arg(long)]
         peer: Vec<String>,
+        /// `quic` or `tcp` only (default: both, QUIC preferred).
         #[arg(long)]
         transport: Option<String>,
     },
@@ -93,6 +94,7 @@ enum Command {
     Run {
         #[arg(long)]
         listen: Option<String>,
+        /// `quic` or `tcp` only (default: both, QUIC preferred).
         #[arg(long)]
         transport: Option<String>,
         #[arg(long)]
@@ -107,6 +109,7 @@ enum Command {
         once: bool,
         #[arg(long)]
         peer: Vec<String>,
+        /// `quic` or `tcp` only (default: both, QUIC preferred).
         #[arg(long)]
         transport: Option<String>,
         #[arg(long)]
