@@ -149,8 +149,9 @@ struct Network {
     dialer: Dialer,
     /// Addresses with a dial loop running (one loop per address).
     dialing: Mutex<BTreeSet<SocketAddr>>,
-    /// Addresses whose dial loop has not finished its first attempt yet.
-    first_attempts: Mutex<BTreeSet<SocketAddr>>,
+    /// Addresses whose dial loop has not finished its first attempt yet, with where they came
+    /// from and when the attempt started.
+    first_attempts: Mutex<BTreeMap<SocketAddr, (Origin, Instant)>>,
     /// Addresses over which a member session was established since the start.
     reached: Mutex<BTreeSet<SocketAddr>>,
     /// Where peers were reached (`HOME/peers.json`).
@@ -210,7 +211,7 @@ impl Network {
         if !lock(&self.dialing).insert(addr) {
             return;
         }
-        lock(&self.first_attempts).insert(addr);
+        lock(&self.first_attempts).insert(addr, (origin, Instant::now()));
         tokio::spawn(dial(self.clone(), addr, origin));
     }
 }
@@ -349,13 +350,20 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
                             book.success(peer.device_id, addr, crate::wall_micros() / 1_000_000);
                             true
                         });
-                    } else if let Some(error) = lock(&first_error).take() {
-                        let why = format!(
-                            "{} at {addr} refused this device during setup (is it still a member of a share there?): {error}",
-                            peer.device_id
-                        );
-                        eprintln!("{why}");
-                        *lock(&device.refusal) = Some(why);
+                    } else if let Some((error, refused)) = lock(&first_error).take() {
+                        if refused {
+                            let why = format!(
+                                "{} at {addr} refused this device during setup (is it still a member of a share there?): {error}",
+                                peer.device_id
+                            );
+                            eprintln!("{why}");
+                            *lock(&device.refusal) = Some(why);
+                        } else {
+                            eprintln!(
+                                "the connection to {} at {addr} ended during setup: {error}",
+                                peer.device_id
+                            );
+                        }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         failures += 1;
                     }
@@ -508,7 +516,7 @@ pub fn run(
             device: device.clone(),
             dialer,
             dialing: Mutex::new(BTreeSet::new()),
-            first_attempts: Mutex::new(BTreeSet::new()),
+            first_attempts: Mutex::new(BTreeMap::new()),
             reached: Mutex::new(BTreeSet::new()),
             book: Mutex::new(book),
             incoming: Mutex::new(BTreeMap::new()),
@@ -576,6 +584,9 @@ async fn wait_for_signal() -> Result<(), Failure> {
 /// finish: answers come within half a second (`spec/discovery.md` § 7).
 const DISCOVERY_GRACE: Duration = Duration::from_millis(1500);
 
+/// How long a check-in waits for a dial of a discovered address to connect.
+const DISCOVERED_ANSWER: Duration = Duration::from_secs(1);
+
 /// Waits until at least one peer is connected, every static address was reached, no dial is
 /// still on its first attempt, and every connected peer is in sync.
 async fn check_in(
@@ -592,7 +603,11 @@ async fn check_in(
         let connected: Vec<DeviceId> = lock(&device.connected).iter().copied().collect();
         let reached = lock(&net.reached).clone();
         let statics_reached = statics.iter().filter(|a| reached.contains(a)).count();
-        let dialling = !lock(&net.first_attempts).is_empty();
+        // A discovered member answers at once; an address announced that does not (a peer
+        // listening on loopback only, say) is not waited for.
+        let dialling = lock(&net.first_attempts).values().any(|(origin, since)| {
+            *origin != Origin::Discovered || since.elapsed() < DISCOVERED_ANSWER
+        });
         let waiting_for_answers = discovery && started.elapsed() < DISCOVERY_GRACE;
         if !connected.is_empty()
             && statics_reached == statics.len()

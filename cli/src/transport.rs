@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use clearskies_net::{PeerKey, PeerPolicy};
+use clearskies_net::{HandshakeFailure, PeerKey, PeerPolicy};
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_quic::QuicStream;
 use clearskies_quic::quinn::Endpoint;
@@ -126,17 +126,18 @@ impl AsyncWrite for Link {
     }
 }
 
-/// A [`Link`] that keeps the text of its first I/O error, for the dialer to tell a refusal
-/// (the listener's alert arrives as an error on the first read) from a session that ended
-/// for another reason.
+/// A [`Link`] that keeps its first I/O error, for the dialer to tell a refusal (the
+/// listener's alert arrives as an error on the first read) from a session that ended for
+/// another reason.
 #[derive(Debug)]
 pub struct Watched {
     link: Link,
-    error: Arc<Mutex<Option<String>>>,
+    error: FirstError,
 }
 
-/// The first error a [`Watched`] link saw.
-pub type FirstError = Arc<Mutex<Option<String>>>;
+/// The first error a [`Watched`] link saw: its text, and whether it is the peer refusing this
+/// device.
+pub type FirstError = Arc<Mutex<Option<(String, bool)>>>;
 
 impl Link {
     /// The link, and where its first error will be.
@@ -157,10 +158,16 @@ impl Watched {
         if let Poll::Ready(Err(e)) = &result {
             let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_none() {
-                *slot = Some(match self.link {
-                    Link::Tcp(_) => clearskies_net::describe_handshake_error(e),
-                    Link::Quic(_) => e.to_string(),
-                });
+                let failure = match &self.link {
+                    Link::Tcp(_) => Some(HandshakeFailure::from_io(e)),
+                    Link::Quic(s) => s
+                        .connection()
+                        .close_reason()
+                        .and_then(|reason| clearskies_quic::peer_handshake_failure(&reason)),
+                };
+                let refused = failure == Some(HandshakeFailure::RefusedByPeer);
+                let text = failure.map_or_else(|| e.to_string(), |f| f.to_string());
+                *slot = Some((text, refused));
             }
         }
         result

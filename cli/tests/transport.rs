@@ -162,23 +162,26 @@ fn a_removed_member_is_refused_over_quic_and_told_so() {
         &["remove-member", d.fa.to_str().unwrap(), phone_id.trim()],
     );
     let laptop = daemon(&d.a, port_a, &[]);
-    let out = run(
-        &d.b,
-        &[
-            "sync",
-            "--once",
-            "--transport",
-            "quic",
-            "--peer",
-            &peer,
-            "--timeout",
-            "15",
-        ],
-    );
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("refused this device"), "{err}");
-    assert!(err.contains("not a member"), "{err}");
+    // Over QUIC as over TCP.
+    for transport in ["quic", "tcp"] {
+        let out = run(
+            &d.b,
+            &[
+                "sync",
+                "--once",
+                "--transport",
+                transport,
+                "--peer",
+                &peer,
+                "--timeout",
+                "15",
+            ],
+        );
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("refused this device"), "{transport}: {err}");
+        assert!(err.contains("not a member"), "{transport}: {err}");
+    }
     wait_log(&laptop, "refused a connection", T);
     stop(laptop);
 }

@@ -353,13 +353,8 @@ pub fn channel_binding(
 /// over TLS (who refused whom and why); afterwards, how the connection ended.
 pub fn describe_connection_error(err: &ConnectionError) -> String {
     match err {
-        // Sent by the peer: a TLS alert in a CONNECTION_CLOSE frame. The alert is all the peer
-        // tells; its reasons stay local (`spec/transport.md` § 12).
-        ConnectionError::ConnectionClosed(close) => match tls_alert(close.error_code) {
-            Some(alert) => HandshakeFailure::from_tls(
-                &clearskies_net::rustls::Error::AlertReceived(alert.into()),
-            )
-            .to_string(),
+        ConnectionError::ConnectionClosed(close) => match peer_handshake_failure(err) {
+            Some(failure) => failure.to_string(),
             None => format!("the peer closed the QUIC connection: {close}"),
         },
         // Raised here: for a TLS failure, the reason is rustls's error text, which carries the
@@ -374,6 +369,18 @@ pub fn describe_connection_error(err: &ConnectionError) -> String {
         },
         other => format!("the QUIC connection ended: {other}"),
     }
+}
+
+/// What the peer's TLS alert says, when the peer closed the connection with one: for a dialer
+/// the listener refused, [`HandshakeFailure::RefusedByPeer`]. The alert is all the peer tells;
+/// its reasons stay local (`spec/transport.md` § 12).
+pub fn peer_handshake_failure(err: &ConnectionError) -> Option<HandshakeFailure> {
+    let ConnectionError::ConnectionClosed(close) = err else {
+        return None;
+    };
+    tls_alert(close.error_code).map(|alert| {
+        HandshakeFailure::from_tls(&clearskies_net::rustls::Error::AlertReceived(alert.into()))
+    })
 }
 
 /// The TLS alert `certificate_unknown`, which the verifiers of `clearskies-net` send when the
