@@ -1,13 +1,14 @@
 //! The network side of the tool: `run` (the daemon), `sync --once` (a check-in) and `join`
-//! (pairing), on the tokio driver.
+//! (pairing), on the tokio driver, over QUIC and TCP (`transport.rs`), with LAN discovery and
+//! remembered addresses (`peers.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use clearskies_net::PeerPolicy;
+use clearskies_net::{PeerKey, PeerPolicy};
 use clearskies_proto::code::AccessCode;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::{Member, ShareId};
@@ -18,13 +19,16 @@ use clearskies_proto::session::{CloseReason, SessionConfig};
 use clearskies_proto::wire::CloseCode;
 use clearskies_store::ReplicaStore;
 use clearskies_tokio::MonotonicClock;
+use clearskies_tokio::discovery::{DiscoveryHandle, LanConfig, UDP_PORT, spawn_discovery};
 use clearskies_tokio::folder::{FolderConfig, FolderHandle, spawn_folder};
 use clearskies_tokio::node::{NodeHandle, spawn_node};
-use clearskies_tokio::{pairing, tls};
-use tokio::net::TcpListener;
+use clearskies_tokio::pairing;
+use clearskies_tokio::tls::Purpose;
 
 use crate::Failure;
-use crate::home::{Home, MemberFile, ShareFile};
+use crate::home::{Config, Home, MemberFile, ShareFile};
+use crate::peers::PeerBook;
+use crate::transport::{self, Dialer, Link, Listener, Transport};
 
 /// Resolves `HOST:PORT`.
 pub fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
@@ -202,51 +206,124 @@ impl Device {
     }
 }
 
-/// Serves one incoming connection: a member's session, or a pairing attempt.
-async fn serve(device: Arc<Device>, tcp: tokio::net::TcpStream) {
-    let remote = tcp.peer_addr().ok();
-    let address = remote.map(|a| a.ip().to_string()).unwrap_or_default();
-    // The ClientHello says what the peer came for: members are judged (and strangers refused)
-    // during the handshake; a pairing attempt may present any key, the PAKE decides.
-    let members = clearskies_net::server_config(&device.key, device.policy());
-    let pairing = clearskies_net::server_config(&device.key, PeerPolicy::Pairing);
-    let (purpose, peer, stream) = match tls::accept_either(tcp, members, pairing).await {
+/// The network side of a running device: how it reaches peers, and whom it remembers.
+struct Network {
+    device: Arc<Device>,
+    dialer: Dialer,
+    /// Addresses with a dial loop running (one loop per address).
+    dialing: Mutex<BTreeSet<SocketAddr>>,
+    /// Addresses whose dial loop has not finished its first attempt yet, with where they came
+    /// from and when the attempt started.
+    first_attempts: Mutex<BTreeMap<SocketAddr, (Origin, Instant)>>,
+    /// Addresses over which a member session was established since the start.
+    reached: Mutex<BTreeSet<SocketAddr>>,
+    /// Where peers were reached (`HOME/peers.json`).
+    book: Mutex<PeerBook>,
+    /// When each peer's last member connection arrived (it may still be setting up).
+    incoming: Mutex<BTreeMap<DeviceId, Instant>>,
+}
+
+/// Where an address to dial came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// `--peer` or the config file: dialled for as long as the device runs.
+    Static,
+    /// `HOME/peers.json`: dialled for as long as the device runs (the peer may come back).
+    Remembered,
+    /// A LAN announcement: dialled until it fails twice in a row (announcements repeat).
+    Discovered,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Network {
+    fn is_connected(&self, peer: &DeviceId) -> bool {
+        lock(&self.device.connected).contains(peer)
+    }
+
+    /// Whether `peer` is connected, or has just connected to this device: a connection this
+    /// device dialled meanwhile would only replace that one.
+    fn has_session(&self, peer: &DeviceId) -> bool {
+        self.is_connected(peer)
+            || lock(&self.incoming)
+                .get(peer)
+                .is_some_and(|t| t.elapsed() < SESSION_SETUP)
+    }
+
+    fn remember(&self, update: impl FnOnce(&mut PeerBook) -> bool) {
+        let mut book = lock(&self.book);
+        if update(&mut book)
+            && let Err(e) = self.device.home.save_peers(&book)
+        {
+            eprintln!("cannot remember peers: {}", e.message);
+        }
+    }
+
+    /// Starts a dial loop for `addr` unless one runs, or the device last reached there is
+    /// connected already.
+    fn dial(self: &Arc<Self>, addr: SocketAddr, origin: Origin) {
+        if origin == Origin::Discovered
+            && lock(&self.book)
+                .device_at(addr)
+                .is_some_and(|d| self.is_connected(&d))
+        {
+            return;
+        }
+        if !lock(&self.dialing).insert(addr) {
+            return;
+        }
+        lock(&self.first_attempts).insert(addr, (origin, Instant::now()));
+        tokio::spawn(dial(self.clone(), addr, origin));
+    }
+}
+
+/// Serves one incoming connection, over TCP or QUIC: a member's session, or a pairing attempt.
+async fn serve(
+    net: Arc<Network>,
+    accepted: std::io::Result<(Purpose, PeerKey, Link)>,
+    from: IpAddr,
+) {
+    let device = &net.device;
+    let address = from.to_string();
+    let (purpose, peer, link) = match accepted {
         Ok(accepted) => accepted,
         Err(e) => {
             eprintln!("refused a connection from {address}: {e}");
             return;
         }
     };
-    if purpose == tls::Purpose::Member {
-        device.saw_address(peer.device_id, remote);
-        let _ = device.node.add_connection(peer.device_id, stream).await;
+    if purpose == Purpose::Member {
+        lock(&net.incoming).insert(peer.device_id, Instant::now());
+        device.saw_address(peer.device_id, Some(SocketAddr::new(from, 0)));
+        let _ = device.node.add_connection(peer.device_id, link).await;
         return;
     }
+    let binding = match link.channel_binding() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("refused a pairing attempt from {address}: {e}");
+            return;
+        }
+    };
     let d = device.clone();
-    let admitted = Arc::new(Mutex::new(None));
-    let slot = admitted.clone();
     let result = pairing::admit_stream(
-        stream,
+        link,
+        binding,
         peer.public_key,
         address.as_bytes(),
         &device.key,
         device.invitations.clone(),
         move |a| {
-            let members = d
-                .home
+            d.home
                 .add_member(&a.share_id, a.public_key, a.access)
-                .unwrap_or_default();
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(a.clone());
-            members
+                .unwrap_or_default()
         },
     )
     .await;
     // The registry changed either way (a use, or a failure counted): keep it.
-    let snapshot = device
-        .invitations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let snapshot = lock(&device.invitations).clone();
     let _ = device.home.save_invitations(&snapshot);
     if let Ok(a) = result {
         let member = Member {
@@ -265,58 +342,130 @@ async fn serve(device: Arc<Device>, tcp: tokio::net::TcpStream) {
     }
 }
 
-/// Keeps a connection to `addr` up: dials, and redials with backoff when it drops.
-async fn dial(device: Arc<Device>, addr: SocketAddr) {
-    let mut backoff = Duration::from_millis(200);
-    let mut known: Option<DeviceId> = None;
-    loop {
-        let up = known.is_some_and(|d| {
-            device
-                .connected
-                .lock()
-                .map(|c| c.contains(&d))
-                .unwrap_or(false)
-        });
-        if !up {
-            match tls::connect(addr, &device.key, device.policy()).await {
-                Ok((peer, stream)) => {
-                    known = Some(peer.device_id);
-                    device.saw_address(peer.device_id, Some(addr));
-                    if device
-                        .node
-                        .add_connection(peer.device_id, stream)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    // In TLS 1.3 a listener that refuses this device does so after the dialer's
-                    // side of the handshake: the session then never starts. Say so.
-                    if !session_starts(&device, peer.device_id).await {
-                        let why = format!(
-                            "{} at {addr} refused this device during setup (is it still a member of a share there?)",
-                            peer.device_id
-                        );
-                        eprintln!("{why}");
-                        *device.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    } else {
-                        backoff = Duration::from_millis(200);
-                    }
-                }
-                Err(e) => {
-                    eprintln!("cannot reach {addr}: {e}");
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+/// Accepts connections on both transports until the device stops.
+fn accept_all(net: &Arc<Network>, listener: Listener) {
+    if let Some(tcp) = listener.tcp {
+        let net = net.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, from)) = tcp.accept().await {
+                let policy = net.device.policy();
+                let key = net.device.key.clone();
+                let net = net.clone();
+                tokio::spawn(async move {
+                    let accepted = transport::accept_tcp(stream, &key, policy).await;
+                    serve(net, accepted, from.ip()).await;
+                });
             }
-        }
-        tokio::time::sleep(backoff.max(Duration::from_millis(500))).await;
+        });
+    }
+    if let Some(endpoint) = listener.quic {
+        let net = net.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let from = incoming.remote_address().ip();
+                let (net, endpoint) = (net.clone(), endpoint.clone());
+                tokio::spawn(async move {
+                    let accepted = transport::accept_quic(&endpoint, incoming).await;
+                    serve(net, accepted, from).await;
+                });
+            }
+        });
     }
 }
 
-/// Whether a session with `peer` is established within a few seconds.
+/// Keeps a connection to `addr` up: dials, and redials with backoff when it drops. A
+/// discovered address is given up after two failures in a row.
+async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
+    let device = &net.device;
+    let mut backoff = Duration::from_millis(200);
+    let mut known: Option<DeviceId> = lock(&net.book).device_at(addr);
+    let mut failures = 0;
+    loop {
+        if !known.is_some_and(|d| net.is_connected(&d)) {
+            match net.dialer.connect(addr, device.policy()).await {
+                Ok((peer, _)) if net.has_session(&peer.device_id) => {
+                    // Already connected (it dialled this device, or another address of it
+                    // was dialled): this address leads there too; keep the session there is.
+                    known = Some(peer.device_id);
+                    lock(&net.reached).insert(addr);
+                    failures = 0;
+                }
+                Ok((peer, link)) => {
+                    known = Some(peer.device_id);
+                    device.saw_address(peer.device_id, Some(addr));
+                    let over = link.kind();
+                    let (link, first_error) = link.watched();
+                    if device
+                        .node
+                        .add_connection(peer.device_id, link)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    // In TLS 1.3 a listener that refuses this device does so after the dialer's
+                    // side of the handshake: the refusal is the first read's error, and the
+                    // session never starts. Say so.
+                    if session_starts(device, peer.device_id).await {
+                        backoff = Duration::from_millis(200);
+                        failures = 0;
+                        lock(&net.reached).insert(addr);
+                        eprintln!("reached {} at {addr} over {over}", peer.device_id);
+                        net.remember(|book| {
+                            book.success(peer.device_id, addr, crate::wall_micros() / 1_000_000);
+                            true
+                        });
+                    } else if let Some((error, refused)) = lock(&first_error).take() {
+                        if refused {
+                            let why = format!(
+                                "{} at {addr} refused this device during setup (is it still a member of a share there?): {error}",
+                                peer.device_id
+                            );
+                            eprintln!("{why}");
+                            *lock(&device.refusal) = Some(why);
+                        } else {
+                            eprintln!(
+                                "the connection to {} at {addr} ended during setup: {error}",
+                                peer.device_id
+                            );
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        failures += 1;
+                    }
+                    // Otherwise the session gave way to another connection with the peer.
+                }
+                Err(e) => {
+                    eprintln!("cannot reach {addr}: {e}");
+                    net.remember(|book| book.failure(addr));
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    failures += 1;
+                }
+            }
+            lock(&net.first_attempts).remove(&addr);
+            if origin == Origin::Discovered && failures >= 2 {
+                break;
+            }
+        }
+        // A little jitter, so that two devices that dial each other drift apart.
+        let jitter = Duration::from_millis(u64::from(random_byte()) * 2);
+        tokio::time::sleep(backoff.max(Duration::from_millis(500)) + jitter).await;
+    }
+    lock(&net.first_attempts).remove(&addr);
+    lock(&net.dialing).remove(&addr);
+}
+
+fn random_byte() -> u8 {
+    let mut b = [0u8; 1];
+    let _ = getrandom::getrandom(&mut b);
+    b[0]
+}
+
+/// How long a new connection may take to become a session.
+const SESSION_SETUP: Duration = Duration::from_secs(5);
+
+/// Whether a session with `peer` is established within [`SESSION_SETUP`].
 async fn session_starts(device: &Device, peer: DeviceId) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + SESSION_SETUP;
     while Instant::now() < deadline {
         if device
             .connected
@@ -331,44 +480,121 @@ async fn session_starts(device: &Device, peer: DeviceId) -> bool {
     false
 }
 
+/// Runs LAN discovery for the device's shares, announcing `port`, and dials what it finds.
+/// Returns the task's handle (dropping it stops discovery), or `None` when it is off.
+fn discover(
+    net: &Arc<Network>,
+    config: &Config,
+    port: u16,
+) -> Result<Option<DiscoveryHandle>, Failure> {
+    if config.discovery == Some(false) {
+        return Ok(None);
+    }
+    let mut shares = Vec::new();
+    for share in net.device.home.shares()? {
+        shares.push(share.share_id()?);
+    }
+    if shares.is_empty() {
+        return Ok(None);
+    }
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed)
+        .map_err(|e| Failure::usage(&format!("no random source: {e}")))?;
+    let lan = LanConfig {
+        udp_port: config.discovery_port.unwrap_or(UDP_PORT),
+        ..LanConfig::new(seed)
+    };
+    let udp_port = lan.udp_port;
+    let (handle, mut found) = match spawn_discovery(lan, shares, port) {
+        Ok(started) => started,
+        Err(e) => {
+            // Not fatal: remembered and static addresses still work.
+            eprintln!("LAN discovery is off: {e}");
+            return Ok(None);
+        }
+    };
+    eprintln!("LAN discovery on UDP port {udp_port}");
+    let net = net.clone();
+    tokio::spawn(async move {
+        while let Some(f) = found.recv().await {
+            net.dial(f.addr, Origin::Discovered);
+        }
+    });
+    Ok(Some(handle))
+}
+
+/// The addresses `run` and `sync --once` listen on when not told: every interface (IPv6 and
+/// IPv4 where the host allows), a port the system picks.
+fn any_port() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+    ]
+}
+
 /// `run` (no deadline) and `sync --once` (returns when every reachable peer agrees).
+///
+/// Peers are dialled at `--peer`, at the config file's `peers`, at the addresses where they
+/// were reached before, and wherever LAN discovery finds them.
 pub fn run(
     home: Home,
     listen: Option<String>,
+    transport: Option<String>,
     peers: Vec<String>,
     once: Option<Duration>,
     rescan: Duration,
 ) -> Result<(), Failure> {
-    let listen = listen.map(|a| resolve(&a)).transpose()?;
-    let peers: Vec<SocketAddr> = peers.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
-    if once.is_some() && peers.is_empty() {
-        return Err(Failure::usage(
-            "sync --once needs at least one --peer HOST:PORT (discovery is not in this build yet)",
-        ));
+    let config = home.config()?;
+    let transport = Transport::parse(transport.as_deref().or(config.transport.as_deref()))?;
+    // `sync --once` listens too, on any port: LAN discovery announces it (a hello that
+    // running peers answer at once), and peers that find it may dial it.
+    let listen = match listen
+        .or_else(|| config.listen.clone())
+        .filter(|_| once.is_none())
+    {
+        Some(a) => vec![resolve(&a)?],
+        None => any_port(),
+    };
+    let mut statics: Vec<SocketAddr> = Vec::new();
+    for p in config.peers.iter().chain(&peers) {
+        let addr = resolve(p)?;
+        if !statics.contains(&addr) {
+            statics.push(addr);
+        }
     }
     runtime()?.block_on(async move {
         let (device, mut events) = start(home, rescan).await?;
         crate::control::serve(device.clone()).await?;
-        if let Some(addr) = listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| Failure::usage(&format!("cannot listen on {addr}: {e}")))?;
-            eprintln!(
-                "listening on {}",
-                listener
-                    .local_addr()
-                    .map_err(|e| Failure::usage(&e.to_string()))?
-            );
-            let d = device.clone();
-            tokio::spawn(async move {
-                while let Ok((tcp, _)) = listener.accept().await {
-                    tokio::spawn(serve(d.clone(), tcp));
-                }
-            });
+        let dialer = Dialer::new(transport, &device.key)?;
+        let mut bound = Err(Failure::usage("no address to listen on"));
+        for addr in &listen {
+            bound = transport::listen(*addr, transport, &device.key, &device.policy()).await;
+            if bound.is_ok() {
+                break;
+            }
         }
-        for addr in &peers {
-            tokio::spawn(dial(device.clone(), *addr));
+        let listener = bound?;
+        let port = listener.addr.port();
+        eprintln!("listening on {}", listener.addr);
+        let book = device.home.load_peers();
+        let remembered = book.addresses();
+        let net = Arc::new(Network {
+            device: device.clone(),
+            dialer,
+            dialing: Mutex::new(BTreeSet::new()),
+            first_attempts: Mutex::new(BTreeMap::new()),
+            reached: Mutex::new(BTreeSet::new()),
+            book: Mutex::new(book),
+            incoming: Mutex::new(BTreeMap::new()),
+        });
+        accept_all(&net, listener);
+        for addr in &statics {
+            net.dial(*addr, Origin::Static);
         }
+        for addr in remembered {
+            net.dial(addr, Origin::Remembered);
+        }
+        let discovery = discover(&net, &config, port)?;
         let connected = device.connected.clone();
         let refusal = device.refusal.clone();
         let peers_seen = device.peers.clone();
@@ -384,27 +610,16 @@ pub fn run(
                     }
                     Event::PeerUp { peer, name } => {
                         eprintln!("connected to {name} ({peer})");
-                        peers_seen
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(peer)
-                            .or_insert((String::new(), None))
-                            .0 = name;
-                        connected
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(peer);
+                        lock(&peers_seen).entry(peer).or_insert((String::new(), None)).0 = name;
+                        lock(&connected).insert(peer);
                     }
                     Event::PeerDown { peer, reason } => {
-                        connected
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&peer);
+                        lock(&connected).remove(&peer);
                         if let CloseReason::Peer { code, reason } = reason
                             && code >= CloseCode::APPLICATION_MIN
                         {
                             eprintln!("{peer} refused this device: {reason}");
-                            *refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                            *lock(&refusal) = Some(reason);
                         }
                     }
                     _ => {}
@@ -413,8 +628,11 @@ pub fn run(
         });
         let result = match once {
             None => wait_for_signal().await,
-            Some(timeout) => check_in(&device, peers.len(), timeout).await,
+            Some(timeout) => check_in(&net, &statics, discovery.is_some(), timeout).await,
         };
+        if let Some(discovery) = discovery {
+            discovery.shutdown().await;
+        }
         crate::control::remove(&device.home.root);
         for (_, folder) in device.folder_handles() {
             folder.stop();
@@ -438,19 +656,40 @@ async fn wait_for_signal() -> Result<(), Failure> {
     Ok(())
 }
 
-/// Waits until every peer dialled is connected and in sync.
-async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<(), Failure> {
-    let deadline = Instant::now() + timeout;
+/// How long a check-in with LAN discovery waits for answers to its hello before it may
+/// finish: answers come within half a second (`spec/discovery.md` § 7).
+const DISCOVERY_GRACE: Duration = Duration::from_millis(1500);
+
+/// How long a check-in waits for a dial of a discovered address to connect.
+const DISCOVERED_ANSWER: Duration = Duration::from_secs(1);
+
+/// Waits until at least one peer is connected, every static address was reached, no dial is
+/// still on its first attempt, and every connected peer is in sync.
+async fn check_in(
+    net: &Network,
+    statics: &[SocketAddr],
+    discovery: bool,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let device = &net.device;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut settled = false;
     loop {
-        let connected: Vec<DeviceId> = device
-            .connected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
-        if connected.len() >= peers {
+        let connected: Vec<DeviceId> = lock(&device.connected).iter().copied().collect();
+        let reached = lock(&net.reached).clone();
+        let statics_reached = statics.iter().filter(|a| reached.contains(a)).count();
+        // A discovered member answers at once; an address announced that does not (a peer
+        // listening on loopback only, say) is not waited for.
+        let dialling = lock(&net.first_attempts).values().any(|(origin, since)| {
+            *origin != Origin::Discovered || since.elapsed() < DISCOVERED_ANSWER
+        });
+        let waiting_for_answers = discovery && started.elapsed() < DISCOVERY_GRACE;
+        if !connected.is_empty()
+            && statics_reached == statics.len()
+            && !dialling
+            && !waiting_for_answers
+        {
             let mut all = true;
             for peer in &connected {
                 all &= device.node.synced_with(*peer).await.unwrap_or(false);
@@ -473,22 +712,31 @@ async fn check_in(device: &Device, peers: usize, timeout: Duration) -> Result<()
                 return Err(Failure::not_found(&format!("{}: {e}", path.display())));
             }
         }
-        let refused = device
-            .refusal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let refused = lock(&device.refusal).take();
         if let Some(reason) = refused {
             return Err(Failure::not_found(&format!(
                 "a peer refused this device: {reason}"
             )));
         }
         if Instant::now() >= deadline {
-            return Err(Failure::not_found(&format!(
-                "not in sync after {} s ({} of {peers} peers connected)",
-                timeout.as_secs(),
-                connected.len()
-            )));
+            let secs = timeout.as_secs();
+            return Err(Failure::not_found(&if !statics.is_empty() {
+                format!(
+                    "not in sync after {secs} s ({statics_reached} of {} peers reached, {} connected)",
+                    statics.len(),
+                    connected.len()
+                )
+            } else if connected.is_empty() {
+                format!(
+                    "not in sync after {secs} s: no peer found (none announced itself on the LAN{}, and no remembered address answered); start `clearskies run` on another device of the share, or pass --peer HOST:PORT",
+                    if discovery { "" } else { ", discovery is off" }
+                )
+            } else {
+                format!(
+                    "not in sync after {secs} s ({} peers connected, still exchanging)",
+                    connected.len()
+                )
+            }));
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -501,17 +749,29 @@ pub fn join(
     code: &AccessCode,
     path: &Path,
     peer: Option<String>,
+    transport: Option<String>,
 ) -> Result<std::path::PathBuf, Failure> {
     let key = home.key()?;
+    let config = home.config()?;
+    let transport = Transport::parse(transport.as_deref().or(config.transport.as_deref()))?;
     let addr = resolve(&peer.ok_or_else(|| {
-        Failure::usage("pass the inviting device's address with --peer HOST:PORT (discovery is not in this build yet)")
+        Failure::usage("pass the inviting device's address with --peer HOST:PORT (an access code cannot be looked up on the network yet)")
     })?)?;
-    let joined = runtime()?
-        .block_on(pairing::join(addr, &key, code))
-        .map_err(|e| Failure {
+    let joined = runtime()?.block_on(async {
+        let dialer = Dialer::new(transport, &key)?;
+        let failed = |e: String| Failure {
             message: format!("pairing failed: {e}"),
             code: 1,
-        })?;
+        };
+        let (peer, link) = dialer
+            .connect(addr, PeerPolicy::Pairing)
+            .await
+            .map_err(|e| failed(format!("cannot reach {addr}: {e}")))?;
+        let binding = link.channel_binding().map_err(|e| failed(e.to_string()))?;
+        pairing::join_stream(link, binding, peer.public_key, &key, code)
+            .await
+            .map_err(|e| failed(e.to_string()))
+    })?;
     std::fs::create_dir_all(path).map_err(|e| Failure::io(path, e))?;
     let share = ShareFile {
         id: hex::encode(joined.share_id),

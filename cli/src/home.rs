@@ -6,6 +6,8 @@
 //! HOME/shares/<share-id-hex>/share.json        folder path, members
 //! HOME/shares/<share-id-hex>/replica.redb      the replicated database (clearskies-store)
 //! HOME/invitations.cbor                       access codes handed out (proto's registry)
+//! HOME/config.json                  optional settings of `run` and `sync --once` ([`Config`])
+//! HOME/peers.json                   addresses where peers were reached (`peers.rs`)
 //! ```
 
 use std::fs;
@@ -19,6 +21,30 @@ use clearskies_proto::pair::Invitations;
 use serde::{Deserialize, Serialize};
 
 use crate::Failure;
+use crate::peers::PeerBook;
+
+/// `HOME/config.json`, written by the user; every field may be left out.
+///
+/// ```json
+/// {"peers": ["192.0.2.7:27184", "nas.local:27184"], "listen": "[::]:27184",
+///  "transport": "quic", "discovery": true, "discovery_port": 27183}
+/// ```
+///
+/// `peers` are dialled like `--peer` (which adds to them); `listen` and `transport` apply when
+/// `--listen` / `--transport` are not given; `discovery: false` turns LAN discovery off;
+/// `discovery_port` is the UDP port of LAN discovery (27183, `spec/discovery.md` § 9).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub listen: Option<String>,
+    pub transport: Option<String>,
+    pub discovery: Option<bool>,
+    pub discovery_port: Option<u16>,
+}
+
+const CONFIG_SHAPE: &str = r#"{"peers": ["HOST:PORT", ...], "listen": "HOST:PORT", "transport": "quic" or "tcp", "discovery": true or false, "discovery_port": PORT}, every field optional"#;
 
 /// A device's home directory.
 pub struct Home {
@@ -256,6 +282,59 @@ impl Home {
     /// Saves the registry atomically.
     pub fn save_invitations(&self, invitations: &Invitations) -> Result<(), Failure> {
         self.write_bytes(&self.root.join("invitations.cbor"), &invitations.encode())
+    }
+
+    /// The user's settings: `HOME/config.json`, or the defaults when there is none.
+    pub fn config(&self) -> Result<Config, Failure> {
+        let path = self.root.join("config.json");
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(Failure::io(&path, e)),
+        };
+        let config: Config = serde_json::from_str(&text).map_err(|e| {
+            Failure::usage(&format!(
+                "{} is not a valid configuration: {e}; expected {CONFIG_SHAPE}",
+                path.display()
+            ))
+        })?;
+        if let Some(t) = &config.transport
+            && t != "quic"
+            && t != "tcp"
+        {
+            return Err(Failure::usage(&format!(
+                "{}: transport {t:?}: expected \"quic\" or \"tcp\" (leave it out to use both)",
+                path.display()
+            )));
+        }
+        if config.discovery_port == Some(0) {
+            return Err(Failure::usage(&format!(
+                "{}: discovery_port must not be 0",
+                path.display()
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Where peers were reached (`HOME/peers.json`); an unreadable file is reported and
+    /// treated as empty (the tool rebuilds it).
+    pub fn load_peers(&self) -> PeerBook {
+        let path = self.root.join("peers.json");
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                eprintln!(
+                    "{} is unreadable ({e}): starting with no remembered peers",
+                    path.display()
+                );
+                PeerBook::default()
+            }),
+            Err(_) => PeerBook::default(),
+        }
+    }
+
+    /// Saves the remembered peers atomically.
+    pub fn save_peers(&self, book: &PeerBook) -> Result<(), Failure> {
+        self.write_json(&self.root.join("peers.json"), book)
     }
 
     /// The device's name.

@@ -10,6 +10,8 @@ mod control;
 mod daemon;
 mod demo;
 mod home;
+mod peers;
+mod transport;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,6 +74,7 @@ enum Command {
         shallow: bool,
         #[arg(long)]
         peer: Vec<String>,
+        /// `quic` or `tcp` only (default: both, QUIC preferred).
         #[arg(long)]
         transport: Option<String>,
     },
@@ -92,6 +95,7 @@ enum Command {
     Run {
         #[arg(long)]
         listen: Option<String>,
+        /// `quic` or `tcp` only (default: both, QUIC preferred).
         #[arg(long)]
         transport: Option<String>,
         #[arg(long)]
@@ -106,6 +110,7 @@ enum Command {
         once: bool,
         #[arg(long)]
         peer: Vec<String>,
+        /// `quic` or `tcp` only (default: both, QUIC preferred).
         #[arg(long)]
         transport: Option<String>,
         #[arg(long)]
@@ -259,10 +264,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if shallow {
                 return Err(Failure::not_yet("join --shallow"));
             }
-            if transport.as_deref().is_some_and(|t| t != "tcp") {
-                return Err(Failure::not_yet("join --transport quic"));
-            }
-            let joined = daemon::join(&home, &code, &path, peer.into_iter().next())?;
+            let joined = daemon::join(&home, &code, &path, peer.into_iter().next(), transport)?;
             tell_daemon_to_open(&home, &joined)?;
         }
         Command::Shares { json } => {
@@ -318,10 +320,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             peer,
             rescan,
         } => {
-            if transport.as_deref().is_some_and(|t| t != "tcp") {
-                return Err(Failure::not_yet("run --transport quic"));
-            }
-            daemon::run(home, listen, peer, None, Duration::from_secs(rescan))?;
+            daemon::run(
+                home,
+                listen,
+                transport,
+                peer,
+                None,
+                Duration::from_secs(rescan),
+            )?;
         }
         Command::Sync {
             once,
@@ -334,12 +340,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     "use `clearskies run` to stay in sync, or `sync --once`",
                 ));
             }
-            if transport.as_deref().is_some_and(|t| t != "tcp") {
-                return Err(Failure::not_yet("sync --transport quic"));
-            }
             daemon::run(
                 home,
                 None,
+                transport,
                 peer,
                 Some(Duration::from_secs(timeout.unwrap_or(60))),
                 Duration::from_secs(3600),

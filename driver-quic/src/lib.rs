@@ -30,6 +30,12 @@
 //!   listener's shares). The listener's [`accept`] fails with an error naming the device.
 //! * **Channel binding**: [`channel_binding`], the TLS exporter of the QUIC handshake with the
 //!   label and length of [`clearskies_net::channel_binding`].
+//! * **Members and pairing on one port.** An endpoint made by [`bind_either`] serves both, as
+//!   `clearskies_tokio::tls::accept_either` does over TCP (`spec/transport.md` § 6): it reads
+//!   the ClientHello's ALPN before choosing its TLS configuration, so a pairing attempt
+//!   (`clearskies-pair/1`) gets the pairing mode and anything else the members mode, where a
+//!   stranger is refused during the handshake. [`accept_either`] says which one a connection
+//!   came for. A joiner dials with a [`client`] endpoint made with [`PeerPolicy::Pairing`].
 //!
 //! ## Example
 //!
@@ -58,15 +64,18 @@ use std::time::Duration;
 
 use clearskies_net::rustls::pki_types::CertificateDer;
 use clearskies_net::{
-    ALPN, CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN, HandshakeFailure, NotEstablished, PeerKey,
-    PeerPolicy,
+    ALPN, CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN, HandshakeFailure, NotEstablished,
+    PAIRING_ALPN, PeerKey, PeerPolicy,
 };
 use clearskies_proto::crypto::DeviceKey;
+pub use clearskies_tokio::tls::Purpose;
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use quinn;
+
+mod either;
 
 /// Per-stream receive window: how much the peer may send before this end has read it.
 ///
@@ -138,22 +147,69 @@ pub fn transport_config() -> quinn::TransportConfig {
 /// `key`, judging dialers with `policy`) and dials them (as `key`, judging listeners with
 /// `policy`). Must be called within a tokio runtime.
 pub fn bind(addr: SocketAddr, key: &DeviceKey, policy: PeerPolicy) -> io::Result<quinn::Endpoint> {
-    let transport = Arc::new(transport_config());
     let server_tls = QuicServerConfig::try_from(clearskies_net::server_config(key, policy.clone()))
         .map_err(io::Error::other)?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
-    server.transport_config(transport.clone());
+    server_endpoint(addr, Arc::new(server_tls), client_config(key, policy)?)
+}
+
+/// Binds a UDP socket at `addr` and returns an endpoint that accepts members (judged with
+/// `members`, strangers refused during the handshake) and pairing attempts (any key) on the
+/// same port, choosing by the ClientHello's ALPN; it dials as a member. Use
+/// [`accept_either`] on its connections. Must be called within a tokio runtime.
+pub fn bind_either(
+    addr: SocketAddr,
+    key: &DeviceKey,
+    members: PeerPolicy,
+) -> io::Result<quinn::Endpoint> {
+    let quic = |policy: PeerPolicy| {
+        QuicServerConfig::try_from(clearskies_net::server_config(key, policy))
+            .map(Arc::new)
+            .map_err(io::Error::other)
+    };
+    let server_tls = either::ByAlpn {
+        members: quic(members.clone())?,
+        pairing: quic(PeerPolicy::Pairing)?,
+    };
+    server_endpoint(addr, Arc::new(server_tls), client_config(key, members)?)
+}
+
+/// Binds a UDP socket at `addr` for dialling only (it accepts no connection): as `key`,
+/// judging listeners with `policy` ([`PeerPolicy::Pairing`] for a joiner). Must be called
+/// within a tokio runtime.
+pub fn client(
+    addr: SocketAddr,
+    key: &DeviceKey,
+    policy: PeerPolicy,
+) -> io::Result<quinn::Endpoint> {
+    let mut endpoint = quinn::Endpoint::client(addr)?;
+    endpoint.set_default_client_config(client_config(key, policy)?);
+    Ok(endpoint)
+}
+
+/// The dialer's configuration of every ClearSkies QUIC connection, for
+/// [`quinn::Endpoint::connect_with`] or as an endpoint's default.
+pub fn client_config(key: &DeviceKey, policy: PeerPolicy) -> io::Result<quinn::ClientConfig> {
     let client_tls = QuicClientConfig::try_from(clearskies_net::client_config(key, policy))
         .map_err(io::Error::other)?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
-    client.transport_config(transport);
+    client.transport_config(Arc::new(transport_config()));
+    Ok(client)
+}
+
+fn server_endpoint(
+    addr: SocketAddr,
+    crypto: Arc<dyn quinn::crypto::ServerConfig>,
+    client: quinn::ClientConfig,
+) -> io::Result<quinn::Endpoint> {
+    let mut server = quinn::ServerConfig::with_crypto(crypto);
+    server.transport_config(Arc::new(transport_config()));
     let mut endpoint = quinn::Endpoint::server(server, addr)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
 
-/// Dials `addr` from `endpoint` (made by [`bind`]) and opens the session's stream. Returns the
-/// listener's proven key.
+/// Dials `addr` from `endpoint` (made by [`bind`], [`bind_either`] or [`client`]) and opens
+/// the session's stream. Returns the listener's proven key.
 ///
 /// A listener that refuses this device may let `connect` succeed: the refusal then arrives on
 /// the stream's first read (see the crate docs).
@@ -164,8 +220,28 @@ pub async fn connect(
     let connecting = endpoint
         .connect(addr, clearskies_net::SERVER_NAME)
         .map_err(io::Error::other)?;
+    opened(endpoint, connecting).await
+}
+
+/// [`connect`] with `config` (from [`client_config`]) instead of the endpoint's default: a
+/// daemon's endpoint dials members, and with a pairing configuration a joiner.
+pub async fn connect_with(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+) -> io::Result<(PeerKey, QuicStream)> {
+    let connecting = endpoint
+        .connect_with(config, addr, clearskies_net::SERVER_NAME)
+        .map_err(io::Error::other)?;
+    opened(endpoint, connecting).await
+}
+
+async fn opened(
+    endpoint: &quinn::Endpoint,
+    connecting: quinn::Connecting,
+) -> io::Result<(PeerKey, QuicStream)> {
     let connection = connecting.await.map_err(connection_error)?;
-    let peer = established(&connection)?;
+    let (_, peer) = established(&connection)?;
     let (send, recv) = connection.open_bi().await.map_err(connection_error)?;
     Ok((peer, QuicStream::new(endpoint, connection, send, recv)))
 }
@@ -174,13 +250,38 @@ pub async fn connect(
 /// [`quinn::Endpoint::accept`]) and waits for the dialer's stream. Returns the dialer's proven
 /// key.
 ///
-/// A dialer this device's [`PeerPolicy`] refuses fails here, with an error naming its device.
+/// A dialer this device's [`PeerPolicy`] refuses fails here, with an error naming its device;
+/// so does a pairing attempt (on an endpoint of [`bind_either`], use [`accept_either`]).
 pub async fn accept(
     endpoint: &quinn::Endpoint,
     incoming: quinn::Incoming,
 ) -> io::Result<(PeerKey, QuicStream)> {
+    match accept_either(endpoint, incoming).await? {
+        (Purpose::Member, peer, stream) => Ok((peer, stream)),
+        (Purpose::Pairing, peer, stream) => {
+            stream
+                .connection()
+                .close(CLOSE_NOT_CLEARSKIES, b"this endpoint does not pair");
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "device {} came to pair, which this endpoint does not do",
+                    peer.device_id
+                ),
+            ))
+        }
+    }
+}
+
+/// Like [`accept`], for an endpoint of [`bind_either`]: also says what the connection came for.
+/// A member was judged during the handshake; a pairing attempt may present any key, the
+/// pairing exchange decides (`clearskies_tokio::pairing::admit_stream`).
+pub async fn accept_either(
+    endpoint: &quinn::Endpoint,
+    incoming: quinn::Incoming,
+) -> io::Result<(Purpose, PeerKey, QuicStream)> {
     let connection = incoming.await.map_err(connection_error)?;
-    let peer = established(&connection)?;
+    let (purpose, peer) = established(&connection)?;
     let opened = tokio::time::timeout(FIRST_STREAM_TIMEOUT, connection.accept_bi()).await;
     let (send, recv) = match opened {
         Ok(stream) => stream.map_err(connection_error)?,
@@ -196,13 +297,17 @@ pub async fn accept(
             ));
         }
     };
-    Ok((peer, QuicStream::new(endpoint, connection, send, recv)))
+    Ok((
+        purpose,
+        peer,
+        QuicStream::new(endpoint, connection, send, recv),
+    ))
 }
 
 /// The checks of `spec/transport.md` § 7 on a QUIC connection, and the peer's key. QUIC is
 /// always TLS 1.3 and the configurations of `clearskies-net` disable resumption, so what is left
 /// is the ALPN and the key. The connection is closed if a check fails.
-fn established(connection: &quinn::Connection) -> io::Result<PeerKey> {
+fn established(connection: &quinn::Connection) -> io::Result<(Purpose, PeerKey)> {
     let checked = check_established(connection);
     if let Err(err) = &checked {
         connection.close(CLOSE_NOT_CLEARSKIES, err.to_string().as_bytes());
@@ -210,19 +315,23 @@ fn established(connection: &quinn::Connection) -> io::Result<PeerKey> {
     checked.map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
 }
 
-fn check_established(connection: &quinn::Connection) -> Result<PeerKey, NotEstablished> {
+fn check_established(connection: &quinn::Connection) -> Result<(Purpose, PeerKey), NotEstablished> {
     let protocol = connection
         .handshake_data()
         .and_then(|data| data.downcast::<HandshakeData>().ok())
         .and_then(|data| data.protocol);
-    match protocol {
-        Some(protocol) if protocol == ALPN => {}
+    // Each end offers only the protocol of its configuration, so the one agreed on is what the
+    // connection is for.
+    let purpose = match protocol {
+        Some(protocol) if protocol == ALPN => Purpose::Member,
+        Some(protocol) if protocol == PAIRING_ALPN => Purpose::Pairing,
         other => return Err(NotEstablished::WrongProtocol(other)),
-    }
+    };
     connection
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
         .and_then(|certificates| PeerKey::from_certificates(&certificates))
+        .map(|peer| (purpose, peer))
         .ok_or(NotEstablished::NoPeerKey)
 }
 
@@ -244,13 +353,8 @@ pub fn channel_binding(
 /// over TLS (who refused whom and why); afterwards, how the connection ended.
 pub fn describe_connection_error(err: &ConnectionError) -> String {
     match err {
-        // Sent by the peer: a TLS alert in a CONNECTION_CLOSE frame. The alert is all the peer
-        // tells; its reasons stay local (`spec/transport.md` § 12).
-        ConnectionError::ConnectionClosed(close) => match tls_alert(close.error_code) {
-            Some(alert) => HandshakeFailure::from_tls(
-                &clearskies_net::rustls::Error::AlertReceived(alert.into()),
-            )
-            .to_string(),
+        ConnectionError::ConnectionClosed(close) => match peer_handshake_failure(err) {
+            Some(failure) => failure.to_string(),
             None => format!("the peer closed the QUIC connection: {close}"),
         },
         // Raised here: for a TLS failure, the reason is rustls's error text, which carries the
@@ -265,6 +369,18 @@ pub fn describe_connection_error(err: &ConnectionError) -> String {
         },
         other => format!("the QUIC connection ended: {other}"),
     }
+}
+
+/// What the peer's TLS alert says, when the peer closed the connection with one: for a dialer
+/// the listener refused, [`HandshakeFailure::RefusedByPeer`]. The alert is all the peer tells;
+/// its reasons stay local (`spec/transport.md` § 12).
+pub fn peer_handshake_failure(err: &ConnectionError) -> Option<HandshakeFailure> {
+    let ConnectionError::ConnectionClosed(close) = err else {
+        return None;
+    };
+    tls_alert(close.error_code).map(|alert| {
+        HandshakeFailure::from_tls(&clearskies_net::rustls::Error::AlertReceived(alert.into()))
+    })
 }
 
 /// The TLS alert `certificate_unknown`, which the verifiers of `clearskies-net` send when the

@@ -1,7 +1,9 @@
 //! The driver conformance suite (`clearskies_runtime::conformance`) over QUIC on real loopback
 //! UDP sockets: two devices with redb stores sync both ways and catch up after a restart, a
 //! stranger is refused in the handshake, and a connection closed mid-transfer is reported and
-//! healed by reconnecting. Plus what only QUIC has here: its channel binding.
+//! healed by reconnecting; the same on an endpoint that also serves pairing ([`bind_either`]).
+//! Plus what only QUIC has here: its channel binding, and members and pairing told apart by
+//! ALPN on one endpoint.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,7 +11,9 @@ use std::net::SocketAddr;
 use clearskies_net::{CHANNEL_BINDING_LEN, PeerKey, PeerPolicy};
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_quic::quinn::{Endpoint, VarInt};
-use clearskies_quic::{QuicStream, accept, bind, channel_binding, connect};
+use clearskies_quic::{
+    Purpose, QuicStream, accept, accept_either, bind, bind_either, channel_binding, client, connect,
+};
 use clearskies_tokio::Tokio;
 use clearskies_tokio::conformance::{self, Cut, Transport};
 use clearskies_tokio::node::TokioIo;
@@ -62,6 +66,123 @@ impl Transport for Quic {
         let endpoint = bind(loopback(), key, policy)?;
         connect(&endpoint, addr).await
     }
+}
+
+/// Like [`Quic`], with listeners made by [`bind_either`] (members and pairing on one endpoint)
+/// and dialers by [`client`].
+struct QuicEither;
+
+impl Transport for QuicEither {
+    type Listener = Endpoint;
+    type Stream = QuicStream;
+
+    async fn listen(&self, key: &DeviceKey, policy: PeerPolicy) -> Endpoint {
+        bind_either(loopback(), key, policy).unwrap()
+    }
+
+    fn addr(listener: &Endpoint) -> SocketAddr {
+        listener.local_addr().unwrap()
+    }
+
+    async fn accept(&self, listener: &Endpoint) -> io::Result<(PeerKey, QuicStream, Cut)> {
+        Quic.accept(listener).await
+    }
+
+    async fn dial(
+        &self,
+        key: &DeviceKey,
+        policy: PeerPolicy,
+        addr: SocketAddr,
+    ) -> io::Result<(PeerKey, QuicStream)> {
+        let endpoint = client(loopback(), key, policy)?;
+        connect(&endpoint, addr).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_also_pairs_syncs_members_and_refuses_strangers_in_the_handshake() {
+    conformance::two_nodes_sync_both_ways_and_a_restarted_node_catches_up(&QuicEither).await;
+    conformance::a_device_that_is_not_a_member_is_refused_in_the_handshake(&QuicEither).await;
+}
+
+#[tokio::test]
+async fn one_endpoint_tells_members_from_pairing_attempts_by_alpn() {
+    let laptop = DeviceKey::from_secret(&[1; 32]);
+    let member = DeviceKey::from_secret(&[2; 32]);
+    let stranger = DeviceKey::from_secret(&[3; 32]);
+    let listener = bind_either(
+        loopback(),
+        &laptop,
+        PeerPolicy::pinned([member.device_id()]),
+    )
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dial = |key: &DeviceKey, policy: PeerPolicy| {
+        let endpoint = client(loopback(), key, policy).unwrap();
+        async move {
+            let (peer, mut stream) = connect(&endpoint, addr).await?;
+            stream.write_all(b"x").await?;
+            io::Result::Ok((peer, stream))
+        }
+    };
+    let accepting = async {
+        let incoming = listener.accept().await.unwrap();
+        accept_either(&listener, incoming).await
+    };
+
+    // A member comes to sync.
+    let (accepted, dialed) = tokio::join!(
+        accepting,
+        dial(&member, PeerPolicy::pinned([laptop.device_id()]))
+    );
+    let (purpose, peer, _stream) = accepted.unwrap();
+    assert_eq!(purpose, Purpose::Member);
+    assert_eq!(peer.device_id, member.device_id());
+    assert_eq!(dialed.unwrap().0.device_id, laptop.device_id());
+
+    // A stranger comes to pair: any key is accepted, and both ends get the same binding.
+    let accepting = async {
+        let incoming = listener.accept().await.unwrap();
+        accept_either(&listener, incoming).await
+    };
+    let (accepted, dialed) = tokio::join!(accepting, dial(&stranger, PeerPolicy::Pairing));
+    let (purpose, peer, stream) = accepted.unwrap();
+    let (_, dialed) = dialed.unwrap();
+    assert_eq!(purpose, Purpose::Pairing);
+    assert_eq!(peer.device_id, stranger.device_id());
+    assert_eq!(
+        stream.channel_binding().unwrap(),
+        dialed.channel_binding().unwrap()
+    );
+
+    // The same stranger coming to sync is refused during the handshake, and told so.
+    let accepting = async {
+        let incoming = listener.accept().await.unwrap();
+        accept_either(&listener, incoming).await
+    };
+    let endpoint = client(
+        loopback(),
+        &stranger,
+        PeerPolicy::pinned([laptop.device_id()]),
+    )
+    .unwrap();
+    let dialing = async {
+        let (_, mut stream) = connect(&endpoint, addr).await?;
+        stream.write_all(b"x").await?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.map(|_| ())
+    };
+    let (accepted, dialed) = tokio::join!(accepting, dialing);
+    let Err(refused) = accepted else {
+        panic!("the stranger was accepted")
+    };
+    let refused = refused.to_string();
+    assert!(
+        refused.contains(&stranger.device_id().to_string()),
+        "{refused}"
+    );
+    let told = dialed.expect_err("the stranger learns it").to_string();
+    assert!(told.contains("refused this device"), "{told}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

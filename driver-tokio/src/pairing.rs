@@ -1,6 +1,8 @@
 //! Pairing over real TLS: proto's sans-IO [`Joiner`] / [`Inviter`] run inside a [`Session`]
 //! on a TLS 1.3 connection made in pairing mode (any key accepted; the PAKE decides), with the
-//! connection's exporter value as channel binding.
+//! connection's exporter value as channel binding. [`join`] and [`admit`] do it over TCP;
+//! [`join_stream`] and [`admit_stream`] on any connection already made in pairing mode (QUIC,
+//! for one), given its channel binding.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use clearskies_proto::pair::{
 };
 use clearskies_proto::session::{Event, Priority, Session, SessionConfig};
 use clearskies_proto::wire::{CloseCode, ExtensionMessage, Message};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -74,7 +77,8 @@ pub fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn binding(stream: &TlsStream) -> io::Result<[u8; 32]> {
+/// The channel binding of a TLS stream over TCP (`spec/transport.md` § 8).
+pub fn binding(stream: &TlsStream) -> io::Result<[u8; 32]> {
     let value = match stream {
         tokio_rustls::TlsStream::Client(s) => clearskies_net::channel_binding(s.get_ref().1),
         tokio_rustls::TlsStream::Server(s) => clearskies_net::channel_binding(s.get_ref().1),
@@ -93,8 +97,8 @@ trait Side {
 }
 
 /// Runs a session on `stream` and the pairing messages inside it until `S` finishes.
-async fn exchange<S: Side>(
-    stream: TlsStream,
+async fn exchange<S: Side, T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: T,
     mut side: S,
     name: &str,
 ) -> Result<S::Done, PairingFailure> {
@@ -205,13 +209,21 @@ pub async fn join(
     let (peer, stream) = tls::connect(addr, key, PeerPolicy::Pairing)
         .await
         .map_err(PairingFailure::Io)?;
-    let joiner = clearskies_proto::pair::Joiner::new(
-        code,
-        binding(&stream).map_err(PairingFailure::Io)?,
-        key.public_key(),
-        peer.public_key,
-        seed(),
-    );
+    let binding = binding(&stream).map_err(PairingFailure::Io)?;
+    join_stream(stream, binding, peer.public_key, key, code).await
+}
+
+/// The joiner on a connection already made in pairing mode to the device with public key
+/// `peer_key`, whose channel binding is `binding`.
+pub async fn join_stream(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    binding: [u8; 32],
+    peer_key: [u8; 32],
+    key: &DeviceKey,
+    code: &AccessCode,
+) -> Result<Joined, PairingFailure> {
+    let joiner =
+        clearskies_proto::pair::Joiner::new(code, binding, key.public_key(), peer_key, seed());
     exchange(stream, JoinSide { joiner }, "joiner").await
 }
 
@@ -265,8 +277,10 @@ pub async fn admit(
         .unwrap_or_default();
     let server = clearskies_net::server_config(key, PeerPolicy::Pairing);
     let (peer, stream) = tls::accept(tcp, server).await.map_err(PairingFailure::Io)?;
+    let binding = binding(&stream).map_err(PairingFailure::Io)?;
     admit_stream(
         stream,
+        binding,
         peer.public_key,
         address.as_bytes(),
         key,
@@ -276,23 +290,19 @@ pub async fn admit(
     .await
 }
 
-/// The inviter on a TLS connection already accepted in pairing mode, from a device with
-/// public key `peer_key` at `address` (an opaque key for the per-address limit).
+/// The inviter on a connection already accepted in pairing mode (TLS over TCP, QUIC), whose
+/// channel binding is `binding`, from a device with public key `peer_key` at `address` (an
+/// opaque key for the per-address limit).
 pub async fn admit_stream(
-    stream: TlsStream,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    binding: [u8; 32],
     peer_key: [u8; 32],
     address: &[u8],
     key: &DeviceKey,
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
 ) -> Result<Admitted, PairingFailure> {
-    let inviter = Inviter::new(
-        binding(&stream).map_err(PairingFailure::Io)?,
-        key.public_key(),
-        peer_key,
-        address,
-        seed(),
-    );
+    let inviter = Inviter::new(binding, key.public_key(), peer_key, address, seed());
     exchange(
         stream,
         InviteSide {

@@ -82,8 +82,13 @@ impl Daemon {
 
 /// Starts `run --listen 127.0.0.1:PORT EXTRA...` and waits until it listens.
 pub fn daemon(home: &Path, port: u16, extra: &[&str]) -> Daemon {
+    daemon_at(home, &format!("127.0.0.1:{port}"), extra)
+}
+
+/// Starts `run --listen LISTEN EXTRA...` and waits until it listens.
+pub fn daemon_at(home: &Path, listen: &str, extra: &[&str]) -> Daemon {
     let mut child = cmd(home)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["run", "--listen", listen])
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -113,6 +118,24 @@ pub fn daemon(home: &Path, port: u16, extra: &[&str]) -> Daemon {
         panic!("the daemon did not start listening: {}", d.log());
     }
     d
+}
+
+/// Writes `HOME/config.json`.
+pub fn write_config(home: &Path, json: &str) {
+    std::fs::write(home.join("config.json"), json).unwrap();
+}
+
+/// Waits until the daemon's log has a line containing `text`.
+pub fn wait_log(daemon: &Daemon, text: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !daemon.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log after {timeout:?}:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// SIGTERM; it must exit cleanly within 5 s.
