@@ -610,7 +610,10 @@ pub fn run(
                     }
                     Event::PeerUp { peer, name } => {
                         eprintln!("connected to {name} ({peer})");
-                        lock(&peers_seen).entry(peer).or_insert((String::new(), None)).0 = name;
+                        lock(&peers_seen)
+                            .entry(peer)
+                            .or_insert((String::new(), None))
+                            .0 = name;
                         lock(&connected).insert(peer);
                     }
                     Event::PeerDown { peer, reason } => {

@@ -74,7 +74,13 @@ struct QuicEither;
 
 impl Transport for QuicEither {
     type Listener = Endpoint;
+    type Runtime = Tokio;
+    type Family = TokioIo;
     type Stream = QuicStream;
+
+    fn runtime(&self) -> Tokio {
+        Tokio
+    }
 
     async fn listen(&self, key: &DeviceKey, policy: PeerPolicy) -> Endpoint {
         bind_either(loopback(), key, policy).unwrap()
