@@ -303,16 +303,12 @@ async fn answer(device: &Device, request: Request) -> Result<Response, Failure> 
             if !still && let Ok(mut m) = device.members.write() {
                 m.remove(&removed);
             }
+            // A signed membership record: every device of the share refuses it from now on.
             device
                 .node
-                .remove_member(
-                    share.share_id()?,
-                    removed,
-                    clearskies_tokio::pairing::NOT_A_MEMBER,
-                    "this device was removed from the share",
-                )
+                .set_membership(share.share_id()?, removed, None)
                 .await
-                .map_err(stopped)?;
+                .map_err(|e| Failure::usage(&e.to_string()))?;
             Response::Done
         }
     })

@@ -143,6 +143,10 @@ async fn start(
         members.extend(share.members()?.keys().copied());
         let folder = open_share(&home, &handle, &key, share, rescan).await?;
         folders.push((share.path.clone(), folder));
+        // Members other devices added (replicated membership records) count too.
+        if let Ok(m) = handle.members(share.share_id()?).await {
+            members.extend(m.keys().copied());
+        }
     }
     members.remove(&key.device_id());
     let invitations = home.load_invitations()?;
@@ -330,9 +334,18 @@ async fn serve(
             public_key: a.public_key,
             access: a.access,
         };
-        let _ = device.node.add_member(a.share_id, member).await;
+        let joiner = DeviceId::from_public_key(&a.public_key);
+        let _ = device.node.add_member(a.share_id, member.clone()).await;
+        // The membership record makes it a member on every device of the share.
+        if let Err(e) = device
+            .node
+            .set_membership(a.share_id, joiner, Some(member))
+            .await
+        {
+            eprintln!("cannot record {joiner} as a member: {e}");
+        }
         if let Ok(mut m) = device.members.write() {
-            m.insert(DeviceId::from_public_key(&a.public_key));
+            m.insert(joiner);
         }
         eprintln!(
             "paired {} into share {}",
@@ -599,6 +612,7 @@ pub fn run(
         let refusal = device.refusal.clone();
         let peers_seen = device.peers.clone();
         let changes = device.changes.clone();
+        let members_device = device.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
@@ -607,6 +621,13 @@ pub fn run(
                         event: clearskies_proto::db::Event::Changed { key },
                     } => {
                         let _ = changes.send((share, key));
+                    }
+                    Event::Db {
+                        share,
+                        event: clearskies_proto::db::Event::MembersChanged { .. },
+                    } => {
+                        // Not here: this task must keep draining the node's events.
+                        tokio::spawn(membership_changed(members_device.clone(), share));
                     }
                     Event::PeerUp { peer, name } => {
                         eprintln!("connected to {name} ({peer})");
@@ -645,6 +666,45 @@ pub fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
         result
     })
+}
+
+/// A membership record changed `share`'s members: keep the home's record of them and the
+/// set of devices allowed to connect in step with it.
+async fn membership_changed(device: Arc<Device>, share: ShareId) {
+    let Ok(members) = device.node.members(share).await else {
+        return;
+    };
+    let id = hex::encode(share);
+    if let Ok(shares) = device.home.shares()
+        && let Some(mut file) = shares.into_iter().find(|s| s.id == id)
+    {
+        file.members = members
+            .values()
+            .map(|m| MemberFile {
+                public_key: hex::encode(m.public_key),
+                access: crate::access_text(m.access).to_owned(),
+            })
+            .collect();
+        if let Err(e) = device.home.save_share(&file) {
+            eprintln!(
+                "cannot record the members of {}: {}",
+                file.path.display(),
+                e.message
+            );
+        }
+    }
+    let mut allowed = BTreeSet::new();
+    for share in device.home.shares().unwrap_or_default() {
+        if let Ok(id) = share.share_id()
+            && let Ok(m) = device.node.members(id).await
+        {
+            allowed.extend(m.keys().copied());
+        }
+    }
+    allowed.remove(&device.key.device_id());
+    if let Ok(mut m) = device.members.write() {
+        *m = allowed;
+    }
 }
 
 async fn wait_for_signal() -> Result<(), Failure> {

@@ -224,7 +224,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             // running daemon that already has the share open holds it: leave it be).
             let daemon = control::Client::connect(&home).is_some();
             if created || !daemon {
-                open_replica(&home, &share, &key)?;
+                let mut db = open_replica(&home, &share, &key)?;
+                if created {
+                    // The creator's own membership record starts the share's replicated
+                    // member list.
+                    db.replica
+                        .set_membership(
+                            wall_micros(),
+                            key.device_id(),
+                            Some(clearskies_proto::db::Member {
+                                public_key: key.public_key(),
+                                access: clearskies_proto::db::Access::ReadWrite,
+                            }),
+                        )
+                        .map_err(|e| Failure::usage(&e.to_string()))?;
+                    db.settle()?;
+                }
             }
             tell_daemon_to_open(&home, &share.path)?;
             println!(
@@ -305,12 +320,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ));
             }
             let share = home.find_share(Some(&path))?;
-            home.remove_member(&share, &device)?;
             if let Some(mut daemon) = control::Client::connect(&home) {
+                home.remove_member(&share, &device)?;
                 daemon.call(&control::Request::RemoveMember {
                     path: share.path.clone(),
                     device: device.to_string(),
                 })?;
+            } else {
+                // The signed removal record reaches the other devices at the next sync.
+                let mut db = open_replica(&home, &share, &home.key()?)?;
+                db.replica
+                    .set_membership(wall_micros(), device, None)
+                    .map_err(|e| Failure::not_found(&format!("{device}: {e}")))?;
+                db.settle()?;
+                drop(db);
+                if share.members()?.contains_key(&device) {
+                    home.remove_member(&share, &device)?;
+                }
             }
             println!("removed {device} from {}", share.path.display());
         }
@@ -641,9 +667,18 @@ fn print_get(k: &str, siblings: Option<Vec<Record>>, json: bool) -> Result<(), F
     Ok(())
 }
 
-fn print_list(list: Vec<(String, Vec<Record>)>, json: bool) {
+/// Whether `db list` shows `key` for `prefix`: the layers' own records (folder entries under
+/// `/`, membership under `!members/`) only when the prefix asks for them.
+fn listed(key: &str, prefix: &str) -> bool {
+    !prefix.is_empty()
+        || !(key.starts_with(clearskies_proto::files::FILES_PREFIX)
+            || clearskies_proto::db::members::is_member_key(key))
+}
+
+fn print_list(prefix: &str, list: Vec<(String, Vec<Record>)>, json: bool) {
     let live: Vec<(String, Value, bool)> = list
         .into_iter()
+        .filter(|(k, _)| listed(k, prefix))
         .filter_map(|(k, s)| {
             let conflict = s.len() > 1;
             s.first()
@@ -709,7 +744,7 @@ fn db(home: &Home, share: Option<&Path>, op: DbOp) -> Result<(), Failure> {
                 .range(&prefix)
                 .map(|(k, e)| (k.clone(), e.siblings().cloned().collect()))
                 .collect();
-            print_list(list, json);
+            print_list(&prefix, list, json);
         }
         DbOp::Watch { .. } => unreachable!("handled above"),
     }
@@ -751,9 +786,9 @@ fn db_through_daemon(
         },
         DbOp::List { prefix, json } => match daemon.call(&Request::List {
             share,
-            prefix: prefix.unwrap_or_default(),
+            prefix: prefix.clone().unwrap_or_default(),
         })? {
-            Response::Entries(list) => print_list(list, json),
+            Response::Entries(list) => print_list(&prefix.unwrap_or_default(), list, json),
             other => return Err(unexpected(&other)),
         },
         DbOp::Watch { prefix } => {

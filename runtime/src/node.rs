@@ -127,6 +127,16 @@ enum Input {
     },
     ChunkRead(ConnId, u32, Option<Vec<u8>>),
     FolderPending(ShareId, u64),
+    SetMembership {
+        share: ShareId,
+        device: DeviceId,
+        member: Option<Member>,
+        reply: oneshot::Sender<Result<Dot, NodeError>>,
+    },
+    Members {
+        share: ShareId,
+        reply: oneshot::Sender<BTreeMap<DeviceId, Member>>,
+    },
     RemoveMember {
         share: ShareId,
         device: DeviceId,
@@ -324,6 +334,29 @@ impl NodeHandle {
             })
             .await
             .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Writes `device`'s membership of `share` as a signed, replicated record (`None`:
+    /// removed); returns once durable. See `Node::set_membership`.
+    pub async fn set_membership(
+        &self,
+        share: ShareId,
+        device: DeviceId,
+        member: Option<Member>,
+    ) -> Result<Dot, NodeError> {
+        self.ask(|reply| Input::SetMembership {
+            share,
+            device,
+            member,
+            reply,
+        })
+        .await?
+    }
+
+    /// The members of `share` as its replica knows them (configuration and replicated
+    /// membership records).
+    pub async fn members(&self, share: ShareId) -> Result<BTreeMap<DeviceId, Member>, NodeError> {
+        self.ask(|reply| Input::Members { share, reply }).await
     }
 
     /// A key's current versions (every sibling while in conflict), tombstones included.
@@ -636,6 +669,30 @@ impl<R: Runtime> Owner<R> {
                 code,
                 reason,
             } => self.node.remove_member(now, &share, &device, code, &reason),
+            Input::SetMembership {
+                share,
+                device,
+                member,
+                reply,
+            } => match self
+                .node
+                .set_membership(&share, crate::unix_micros(), device, member)
+            {
+                Ok(dot) => {
+                    self.pending_puts.insert(dot, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NodeError::Refused(e)));
+                }
+            },
+            Input::Members { share, reply } => {
+                let members = self
+                    .node
+                    .replica(&share)
+                    .map(|r| r.members().clone())
+                    .unwrap_or_default();
+                let _ = reply.send(members);
+            }
             Input::Shutdown => return false,
         }
         true
