@@ -114,7 +114,7 @@ pub(crate) async fn open_share(
         .await
         .map_err(|e| Failure::not_found(&format!("{}: {e}", share.path.display())))?;
     if let Some(e) = folder.status().error {
-        eprintln!("{}: {e}", share.path.display());
+        tracing::error!("{}: {e}", share.path.display());
     }
     Ok(folder)
 }
@@ -261,7 +261,7 @@ impl Network {
         if update(&mut book)
             && let Err(e) = self.device.home.save_peers(&book)
         {
-            eprintln!("cannot remember peers: {}", e.message);
+            tracing::warn!("cannot remember peers: {}", e.message);
         }
     }
 
@@ -294,7 +294,7 @@ async fn serve(
     let (purpose, peer, link) = match accepted {
         Ok(accepted) => accepted,
         Err(e) => {
-            eprintln!("refused a connection from {address}: {e}");
+            tracing::warn!("refused a connection from {address}: {e}");
             return;
         }
     };
@@ -307,7 +307,7 @@ async fn serve(
     let binding = match link.channel_binding() {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("refused a pairing attempt from {address}: {e}");
+            tracing::warn!("refused a pairing attempt from {address}: {e}");
             return;
         }
     };
@@ -342,12 +342,12 @@ async fn serve(
             .set_membership(a.share_id, joiner, Some(member))
             .await
         {
-            eprintln!("cannot record {joiner} as a member: {e}");
+            tracing::warn!("cannot record {joiner} as a member: {e}");
         }
         if let Ok(mut m) = device.members.write() {
             m.insert(joiner);
         }
-        eprintln!(
+        tracing::info!(
             "paired {} into share {}",
             DeviceId::from_public_key(&a.public_key),
             hex::encode(a.share_id)
@@ -423,7 +423,7 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
                         backoff = Duration::from_millis(200);
                         failures = 0;
                         lock(&net.reached).insert(addr);
-                        eprintln!("reached {} at {addr} over {over}", peer.device_id);
+                        tracing::info!("reached {} at {addr} over {over}", peer.device_id);
                         net.remember(|book| {
                             book.success(peer.device_id, addr, crate::wall_micros() / 1_000_000);
                             true
@@ -434,10 +434,10 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
                                 "{} at {addr} refused this device during setup (is it still a member of a share there?): {error}",
                                 peer.device_id
                             );
-                            eprintln!("{why}");
+                            tracing::warn!("{why}");
                             *lock(&device.refusal) = Some(why);
                         } else {
-                            eprintln!(
+                            tracing::info!(
                                 "the connection to {} at {addr} ended during setup: {error}",
                                 peer.device_id
                             );
@@ -448,7 +448,7 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
                     // Otherwise the session gave way to another connection with the peer.
                 }
                 Err(e) => {
-                    eprintln!("cannot reach {addr}: {e}");
+                    tracing::info!("cannot reach {addr}: {e}");
                     net.remember(|book| book.failure(addr));
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     failures += 1;
@@ -522,11 +522,11 @@ fn discover(
         Ok(started) => started,
         Err(e) => {
             // Not fatal: remembered and static addresses still work.
-            eprintln!("LAN discovery is off: {e}");
+            tracing::warn!("LAN discovery is off: {e}");
             return Ok(None);
         }
     };
-    eprintln!("LAN discovery on UDP port {udp_port}");
+    tracing::info!("LAN discovery on UDP port {udp_port}");
     let net = net.clone();
     tokio::spawn(async move {
         while let Some(f) = found.recv().await {
@@ -588,7 +588,7 @@ pub fn run(
         }
         let listener = bound?;
         let port = listener.addr.port();
-        eprintln!("listening on {}", listener.addr);
+        tracing::info!("listening on {}", listener.addr);
         let book = device.home.load_peers();
         let remembered = book.addresses();
         let net = Arc::new(Network {
@@ -630,7 +630,7 @@ pub fn run(
                         tokio::spawn(membership_changed(members_device.clone(), share));
                     }
                     Event::PeerUp { peer, name } => {
-                        eprintln!("connected to {name} ({peer})");
+                        tracing::info!("connected to {name} ({peer})");
                         lock(&peers_seen)
                             .entry(peer)
                             .or_insert((String::new(), None))
@@ -642,7 +642,7 @@ pub fn run(
                         if let CloseReason::Peer { code, reason } = reason
                             && code >= CloseCode::APPLICATION_MIN
                         {
-                            eprintln!("{peer} refused this device: {reason}");
+                            tracing::warn!("{peer} refused this device: {reason}");
                             *lock(&refusal) = Some(reason);
                         }
                     }
@@ -686,7 +686,7 @@ async fn membership_changed(device: Arc<Device>, share: ShareId) {
             })
             .collect();
         if let Err(e) = device.home.save_share(&file) {
-            eprintln!(
+            tracing::info!(
                 "cannot record the members of {}: {}",
                 file.path.display(),
                 e.message
@@ -715,7 +715,7 @@ async fn wait_for_signal() -> Result<(), Failure> {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    eprintln!("stopping");
+    tracing::info!("stopping");
     Ok(())
 }
 
@@ -738,7 +738,16 @@ async fn check_in(
     let started = Instant::now();
     let deadline = started + timeout;
     let mut settled = false;
-    loop {
+    let mut progress = crate::progress::Progress::new();
+    let result = loop {
+        let (files, bytes) = device
+            .folder_handles()
+            .iter()
+            .map(|(_, f)| f.status())
+            .fold((0, 0), |(n, b), s| {
+                (n + s.pending_files, b + s.pending_bytes)
+            });
+        progress.update(files, bytes);
         let connected: Vec<DeviceId> = lock(&device.connected).iter().copied().collect();
         let reached = lock(&net.reached).clone();
         let statics_reached = statics.iter().filter(|a| reached.contains(a)).count();
@@ -766,24 +775,26 @@ async fn check_in(
             if all && settled {
                 // Let the last frames leave before the sessions close.
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                return Ok(());
+                break Ok(());
             }
             settled = all;
         }
-        for (path, f) in device.folder_handles() {
-            if let Some(e) = f.status().error {
-                return Err(Failure::not_found(&format!("{}: {e}", path.display())));
-            }
+        let broken = device
+            .folder_handles()
+            .into_iter()
+            .find_map(|(path, f)| f.status().error.map(|e| format!("{}: {e}", path.display())));
+        if let Some(e) = broken {
+            break Err(Failure::not_found(&e));
         }
         let refused = lock(&device.refusal).take();
         if let Some(reason) = refused {
-            return Err(Failure::not_found(&format!(
+            break Err(Failure::not_found(&format!(
                 "a peer refused this device: {reason}"
             )));
         }
         if Instant::now() >= deadline {
             let secs = timeout.as_secs();
-            return Err(Failure::not_found(&if !statics.is_empty() {
+            break Err(Failure::not_found(&if !statics.is_empty() {
                 format!(
                     "not in sync after {secs} s ({statics_reached} of {} peers reached, {} connected)",
                     statics.len(),
@@ -802,7 +813,9 @@ async fn check_in(
             }));
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    };
+    progress.finish();
+    result
 }
 
 /// `join CODE PATH --peer HOST:PORT`.

@@ -11,6 +11,7 @@ mod daemon;
 mod demo;
 mod home;
 mod peers;
+mod progress;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -198,7 +199,27 @@ impl Failure {
     }
 }
 
+/// Logs go to stderr. By default a line is just the message, at `info` and above (what the
+/// daemon has to say); with `RUST_LOG` set (`RUST_LOG=debug`, `RUST_LOG=clearskies_runtime=trace`,
+/// ...) lines carry their time, level and origin, filtered as it says.
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.is_empty() => builder.with_env_filter(EnvFilter::new(filter)).init(),
+        _ => builder
+            .with_env_filter(EnvFilter::new("info"))
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
+    init_logs();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -221,7 +221,7 @@ pub async fn spawn_folder<R: Runtime>(
     // Without a watcher (no inotify instances left, say) the periodic rescans still run.
     let watcher = watch(&config.root, touched_tx)
         .map_err(|e| {
-            eprintln!(
+            tracing::warn!(
                 "{}: not watching for changes ({e}); rescanning every {:?}",
                 config.root.display(),
                 config.rescan
@@ -419,7 +419,7 @@ impl<R: Runtime> Syncer<R> {
                 if self.error.take().is_some() {
                     // Back from an error state (the folder returned, space was freed): plan
                     // every path again, including those whose writes failed meanwhile.
-                    eprintln!("{}: usable again, resuming", self.root.display());
+                    tracing::info!("{}: usable again, resuming", self.root.display());
                     self.replan_all = true;
                 }
                 for change in changes {
@@ -430,7 +430,7 @@ impl<R: Runtime> Syncer<R> {
             Err(e) => {
                 let e = e.to_string();
                 if self.error.as_ref() != Some(&e) {
-                    eprintln!(
+                    tracing::error!(
                         "{e}; nothing is changed on this device or sent to others until it is fixed"
                     );
                 }
@@ -518,7 +518,7 @@ impl<R: Runtime> Syncer<R> {
 
     async fn step(&mut self, path: &str) -> Step {
         if let Err(e) = share_path::validate(path) {
-            eprintln!("ignoring the record of {path:?}: {e}");
+            tracing::warn!("ignoring the record of {path:?}: {e}");
             return Step::Done;
         }
         let Ok(Some(entry)) = self.node.get(self.share, &files::key_of(path)).await else {
@@ -534,7 +534,7 @@ impl<R: Runtime> Syncer<R> {
                 Step::Done
             }
             Plan::Invalid { detail } => {
-                eprintln!("ignoring the record of {path}: {detail}");
+                tracing::warn!("ignoring the record of {path}: {detail}");
                 Step::Done
             }
             Plan::Apply {
@@ -579,7 +579,7 @@ impl<R: Runtime> Syncer<R> {
                 self.replan.insert(path.to_owned());
             }
             other => {
-                eprintln!("cannot update {path}: {other}");
+                tracing::error!("cannot update {path}: {other}");
                 self.error = Some(other.to_string());
             }
         }
@@ -811,7 +811,7 @@ impl<R: Runtime> Syncer<R> {
                         meta: Some(keep),
                     })
                     .await;
-                    eprintln!("conflict on {path}: this device's version kept as {copy}");
+                    tracing::info!("conflict on {path}: this device's version kept as {copy}");
                 }
                 Some(Err(e)) => return self.failed(path, e),
                 None => return,
