@@ -214,20 +214,18 @@ async fn watch(
                 return;
             }
         };
-        let mut changes = device.changes.subscribe();
+        let mut keys = match device.node.watch(share, &prefix).await {
+            Ok(w) => w,
+            Err(e) => {
+                send(&mut stream, &failed(Failure::not_found(&e.to_string()))).await;
+                return;
+            }
+        };
         send(&mut stream, &Response::Done).await;
-        loop {
-            match changes.recv().await {
-                Ok((s, key)) if s == share && key.starts_with(&prefix) => {
-                    let siblings = versions(device, share, &key).await.unwrap_or_default();
-                    if !send(&mut stream, &Response::Change { key, siblings }).await {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                // Fell behind: keep going; the lines skipped are the oldest.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return,
+        while let Some(key) = keys.next().await {
+            let siblings = versions(device, share, &key).await.unwrap_or_default();
+            if !send(&mut stream, &Response::Change { key, siblings }).await {
+                return;
             }
         }
     }

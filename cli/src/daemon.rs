@@ -71,8 +71,6 @@ pub(crate) struct Device {
     pub(crate) invitations: Arc<Mutex<Invitations>>,
     /// The folder of every share, by share folder path.
     pub(crate) folders: Mutex<Vec<(std::path::PathBuf, FolderHandle)>>,
-    /// Database changes (share, key), for `db watch`.
-    pub(crate) changes: tokio::sync::broadcast::Sender<(ShareId, String)>,
     rescan: Duration,
 }
 
@@ -160,7 +158,6 @@ async fn start(
         refusal: Arc::new(Mutex::new(None)),
         invitations: Arc::new(Mutex::new(invitations)),
         folders: Mutex::new(folders),
-        changes: tokio::sync::broadcast::channel(1024).0,
         rescan,
     };
     Ok((Arc::new(device), events))
@@ -611,17 +608,10 @@ pub fn run(
         let connected = device.connected.clone();
         let refusal = device.refusal.clone();
         let peers_seen = device.peers.clone();
-        let changes = device.changes.clone();
         let members_device = device.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
-                    Event::Db {
-                        share,
-                        event: clearskies_proto::db::Event::Changed { key },
-                    } => {
-                        let _ = changes.send((share, key));
-                    }
                     Event::Db {
                         share,
                         event: clearskies_proto::db::Event::MembersChanged { .. },

@@ -74,3 +74,8 @@ async fn a_device_that_is_not_a_member_is_refused_in_the_handshake() {
 async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting() {
     conformance::a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting(&Tls).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_streams_the_changes_under_its_prefix() {
+    conformance::a_watch_streams_the_changes_under_its_prefix(&Tls).await;
+}

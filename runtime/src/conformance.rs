@@ -409,3 +409,37 @@ pub async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge
         drain.await.expect("drain task");
     }
 }
+
+/// The database's `watch(prefix)`: a stream of the keys that change under the prefix, written
+/// here or by a peer, and of nothing else.
+pub async fn a_watch_streams_the_changes_under_its_prefix<T: Transport>(transport: &T) {
+    let rt = transport.runtime();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let a = start(&rt, 1, dir.path()).await;
+    let b = start(&rt, 2, dir.path()).await;
+    let mut watch = b.handle.watch(SHARE, "notes/").await.expect("B running");
+    let _ = connect(transport, &a.handle, &b.handle).await;
+    for key in ["other/1", "notes/from-a"] {
+        a.handle
+            .put(SHARE, key, Bytes::from_static(b"\x61a"))
+            .await
+            .unwrap();
+    }
+    b.handle
+        .put(SHARE, "notes/from-b", Bytes::from_static(b"\x61b"))
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    crate::timeout(&rt, PATIENCE, async {
+        while seen.len() < 2 {
+            seen.insert(watch.next().await.expect("the node runs"));
+        }
+    })
+    .await
+    .expect("both changes in time");
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["notes/from-a", "notes/from-b"],
+        "only keys under the prefix"
+    );
+}

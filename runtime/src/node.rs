@@ -137,6 +137,11 @@ enum Input {
         share: ShareId,
         reply: oneshot::Sender<BTreeMap<DeviceId, Member>>,
     },
+    Watch {
+        share: ShareId,
+        prefix: String,
+        keys: mpsc::UnboundedSender<String>,
+    },
     RemoveMember {
         share: ShareId,
         device: DeviceId,
@@ -353,6 +358,21 @@ impl NodeHandle {
         .await?
     }
 
+    /// Every change of a key of `share` starting with `prefix`, from now on, as a stream of
+    /// keys (read their new state with [`get`](NodeHandle::get)). Ends when the node stops.
+    pub async fn watch(&self, share: ShareId, prefix: &str) -> Result<Watch, NodeError> {
+        let (keys, rx) = mpsc::unbounded_channel();
+        self.inputs
+            .send(Input::Watch {
+                share,
+                prefix: prefix.to_owned(),
+                keys,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        Ok(Watch { keys: rx })
+    }
+
     /// The members of `share` as its replica knows them (configuration and replicated
     /// membership records).
     pub async fn members(&self, share: ShareId) -> Result<BTreeMap<DeviceId, Member>, NodeError> {
@@ -457,6 +477,8 @@ pub fn node<R: Runtime>(
         store_threads: Vec::new(),
         pending_puts: BTreeMap::new(),
         folders: BTreeMap::new(),
+        watchers: Vec::new(),
+        next_collection: clearskies_proto::Timestamp::ZERO,
         next_conn: 1,
         events: events_tx,
     };
@@ -483,6 +505,10 @@ struct Owner<R> {
     store_threads: Vec<std::thread::JoinHandle<()>>,
     pending_puts: BTreeMap<Dot, oneshot::Sender<Result<Dot, NodeError>>>,
     folders: BTreeMap<ShareId, FolderLink>,
+    /// `NodeHandle::watch` subscriptions: share, key prefix, where changed keys go.
+    watchers: Vec<(ShareId, String, mpsc::UnboundedSender<String>)>,
+    /// When tombstones past the horizon are next collected (at start, then daily).
+    next_collection: clearskies_proto::Timestamp,
     next_conn: ConnId,
     events: mpsc::Sender<Event>,
 }
@@ -504,7 +530,11 @@ impl<R: Runtime> Owner<R> {
 
     async fn serve(&mut self, mut inputs: mpsc::Receiver<Input>) {
         loop {
-            let deadline = self.node.poll_timeout();
+            let deadline = Some(
+                self.node
+                    .poll_timeout()
+                    .map_or(self.next_collection, |t| t.min(self.next_collection)),
+            );
             let sleep =
                 crate::sleep_or_forever(&self.runtime, deadline.map(|t| self.clock.instant(t)));
             tokio::select! {
@@ -527,6 +557,14 @@ impl<R: Runtime> Owner<R> {
             let now = self.clock.now();
             if deadline.is_some_and(|d| d <= now) {
                 self.node.handle_timeout(now);
+            }
+            if now >= self.next_collection {
+                // Tombstones older than the horizon go (spec/database.md § 9.7).
+                let collected = self.node.collect_garbage(crate::unix_micros());
+                if collected > 0 {
+                    tracing::info!("collected {collected} tombstones past the horizon");
+                }
+                self.next_collection = now + COLLECTION_INTERVAL;
             }
             self.flush().await;
         }
@@ -685,6 +723,11 @@ impl<R: Runtime> Owner<R> {
                     let _ = reply.send(Err(NodeError::Refused(e)));
                 }
             },
+            Input::Watch {
+                share,
+                prefix,
+                keys,
+            } => self.watchers.push((share, prefix, keys)),
             Input::Members { share, reply } => {
                 let members = self
                     .node
@@ -770,6 +813,17 @@ impl<R: Runtime> Owner<R> {
                         | Event::ChunkStalled { share, .. } => Some(*share),
                         _ => None,
                     };
+                    if let Event::Db {
+                        share,
+                        event: db::Event::Changed { key },
+                    } = &event
+                    {
+                        self.watchers.retain(|(s, prefix, keys)| {
+                            s != share
+                                || !key.starts_with(prefix.as_str())
+                                || keys.send(key.clone()).is_ok()
+                        });
+                    }
                     if let Some(link) = share.and_then(|s| self.folders.get(&s)) {
                         let _ = link.events.send(event.clone());
                         if matches!(event, Event::Chunk { .. } | Event::ChunkStalled { .. }) {
@@ -781,6 +835,33 @@ impl<R: Runtime> Owner<R> {
                 }
             }
         }
+    }
+}
+
+/// How often tombstones past the horizon are collected.
+pub const COLLECTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The keys that change under a prefix ([`NodeHandle::watch`]): a stream, or `next().await`.
+#[derive(Debug)]
+pub struct Watch {
+    keys: mpsc::UnboundedReceiver<String>,
+}
+
+impl Watch {
+    /// The next key that changed; `None` once the node has stopped.
+    pub async fn next(&mut self) -> Option<String> {
+        self.keys.recv().await
+    }
+}
+
+impl futures_util::Stream for Watch {
+    type Item = String;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<String>> {
+        self.keys.poll_recv(cx)
     }
 }
 
