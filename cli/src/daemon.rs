@@ -756,10 +756,12 @@ async fn check_in(
             for peer in &connected {
                 all &= device.node.synced_with(*peer).await.unwrap_or(false);
             }
-            all &= device
-                .folder_handles()
-                .iter()
-                .all(|(_, f)| f.status().is_complete());
+            // Counting changes the node handed to a folder that it has not processed yet.
+            for share in device.home.shares().unwrap_or_default() {
+                if let Ok(id) = share.share_id() {
+                    all &= device.node.folder_complete(id).await.unwrap_or(false);
+                }
+            }
             // Records that just arrived reach the folders a moment later: agreeing twice in
             // a row, a little apart, means nothing was on its way.
             if all && settled {

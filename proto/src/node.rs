@@ -150,6 +150,8 @@ pub struct Node {
     fetcher: Fetcher,
     /// Folder shares: paths this device's disk still lacks.
     folder_pending: BTreeMap<ShareId, u64>,
+    /// Folder shares: the pending count peers were last told.
+    folder_sent: BTreeMap<ShareId, u64>,
     /// What peers reported of their folders.
     peer_pending: BTreeMap<(DeviceId, ShareId), u64>,
     outputs: VecDeque<Output>,
@@ -175,6 +177,7 @@ impl Node {
             shares: BTreeMap::new(),
             fetcher: Fetcher::new(),
             folder_pending: BTreeMap::new(),
+            folder_sent: BTreeMap::new(),
             peer_pending: BTreeMap::new(),
             outputs: VecDeque::new(),
             tombstone_horizon: db::replica::DEFAULT_TOMBSTONE_HORIZON_MICROS,
@@ -227,8 +230,25 @@ impl Node {
     /// Marks `share` as a folder share and says how many paths this device's disk still
     /// lacks; peers hear of every change.
     pub fn set_folder_pending(&mut self, share: &ShareId, pending: u64) {
-        if self.folder_pending.insert(*share, pending) == Some(pending) {
+        self.folder_pending.insert(*share, pending);
+        self.progress_changed(share);
+    }
+
+    /// What this device last said of its folder of `share` (`None`: not a folder share).
+    /// A driver counts a change of a folder entry the folder has not processed yet as
+    /// pending, so a record that just arrived is never taken for a disk that holds it.
+    pub fn folder_pending(&self, share: &ShareId) -> Option<u64> {
+        self.folder_pending.get(share).copied()
+    }
+
+    /// Tells every connected member what changed in this device's progress on `share`.
+    fn progress_changed(&mut self, share: &ShareId) {
+        let effective = self.folder_pending(share);
+        if self.folder_sent.get(share) == effective.as_ref() {
             return;
+        }
+        if let Some(e) = effective {
+            self.folder_sent.insert(*share, e);
         }
         let peers: Vec<(ConnId, DeviceId)> = self.current.iter().map(|(p, c)| (*c, *p)).collect();
         for (conn, peer) in peers {
@@ -800,7 +820,7 @@ impl Node {
 
     /// Tells `peer` (on `conn`) how far this device's folder of `share` is.
     fn send_progress(&mut self, conn: ConnId, peer: &DeviceId, share: &ShareId) {
-        let Some(&pending) = self.folder_pending.get(share) else {
+        let Some(pending) = self.folder_pending(share) else {
             return;
         };
         if !self.shares.get(share).is_some_and(|r| r.is_member(peer)) {

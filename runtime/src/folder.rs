@@ -214,6 +214,7 @@ pub async fn spawn_folder<R: Runtime>(
         root: config.root.clone(),
         error: None,
         scanned: false,
+        seen: 0,
     };
     let scan_cost = syncer.scan().await;
     syncer.reconcile_all().await;
@@ -299,6 +300,8 @@ struct Syncer<R> {
     root: PathBuf,
     error: Option<String>,
     scanned: bool,
+    /// Changes of folder entries received from the node (reported with the pending count).
+    seen: u64,
 }
 
 impl<R: Runtime> Syncer<R> {
@@ -378,7 +381,10 @@ impl<R: Runtime> Syncer<R> {
         } else {
             status.pending_files.max(1) as u64
         };
-        let _ = self.node.set_folder_pending(self.share, pending).await;
+        let _ = self
+            .node
+            .set_folder_pending(self.share, pending, self.seen)
+            .await;
         self.status.send_if_modified(|s| {
             let changed = *s != status;
             *s = status;
@@ -391,8 +397,14 @@ impl<R: Runtime> Syncer<R> {
             Event::Db {
                 event: db::Event::Changed { key },
                 ..
+            } => {
+                if let Some(path) = files::path_of(&key) {
+                    self.dirty.insert(path.to_owned());
+                    // Counted by the node's driver too: see `NodeHandle::folder_complete`.
+                    self.seen += 1;
+                }
             }
-            | Event::Db {
+            Event::Db {
                 event: db::Event::Conflict { key, .. },
                 ..
             } => {

@@ -126,7 +126,11 @@ enum Input {
         chunks: Vec<Hash>,
     },
     ChunkRead(ConnId, u32, Option<Vec<u8>>),
-    FolderPending(ShareId, u64),
+    FolderPending(ShareId, u64, u64),
+    FolderComplete {
+        share: ShareId,
+        reply: oneshot::Sender<bool>,
+    },
     SetMembership {
         share: ShareId,
         device: DeviceId,
@@ -280,11 +284,23 @@ impl NodeHandle {
 
     /// Says how many paths of `share` this device's disk still lacks (peers wait for 0
     /// before they count this device as in sync).
-    pub async fn set_folder_pending(&self, share: ShareId, pending: u64) -> Result<(), NodeError> {
+    pub async fn set_folder_pending(
+        &self,
+        share: ShareId,
+        pending: u64,
+        seen: u64,
+    ) -> Result<(), NodeError> {
         self.inputs
-            .send(Input::FolderPending(share, pending))
+            .send(Input::FolderPending(share, pending, seen))
             .await
             .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Whether the folder of `share` holds everything its database says, counting changes
+    /// the node has handed to the folder and it has not processed yet.
+    pub async fn folder_complete(&self, share: ShareId) -> Result<bool, NodeError> {
+        self.ask(|reply| Input::FolderComplete { share, reply })
+            .await
     }
 
     /// No longer wants these chunks.
@@ -431,6 +447,18 @@ pub struct FolderLink {
     pub events: mpsc::UnboundedSender<Event>,
 }
 
+/// A folder attached to the node, and how far it has caught up with the changes handed to it.
+#[derive(Debug)]
+struct Attached {
+    link: FolderLink,
+    /// Changes of folder entries handed to the folder.
+    sent: u64,
+    /// Paths its disk lacked at its last report.
+    pending: u64,
+    /// Changes it had processed at its last report.
+    seen: u64,
+}
+
 /// Answers chunk reads from a blocking thread.
 #[derive(Debug, Clone)]
 pub struct ChunkReads {
@@ -504,7 +532,7 @@ struct Owner<R> {
     stores: BTreeMap<ShareId, std::sync::mpsc::Sender<(u64, Vec<db::PersistOp>)>>,
     store_threads: Vec<std::thread::JoinHandle<()>>,
     pending_puts: BTreeMap<Dot, oneshot::Sender<Result<Dot, NodeError>>>,
-    folders: BTreeMap<ShareId, FolderLink>,
+    folders: BTreeMap<ShareId, Attached>,
     /// `NodeHandle::watch` subscriptions: share, key prefix, where changed keys go.
     watchers: Vec<(ShareId, String, mpsc::UnboundedSender<String>)>,
     /// When tombstones past the horizon are next collected (at start, then daily).
@@ -687,7 +715,16 @@ impl<R: Runtime> Owner<R> {
                 let _ = reply.send(list);
             }
             Input::AttachFolder { share, link } => {
-                self.folders.insert(share, link);
+                self.folders.insert(
+                    share,
+                    Attached {
+                        link,
+                        sent: 0,
+                        pending: 1,
+                        seen: 0,
+                    },
+                );
+                self.report_folder(share);
             }
             Input::WantChunks { share, chunks } => {
                 for (hash, len) in chunks {
@@ -700,7 +737,16 @@ impl<R: Runtime> Owner<R> {
                 }
             }
             Input::ChunkRead(conn, id, data) => self.node.chunk_read(conn, id, data),
-            Input::FolderPending(share, pending) => self.node.set_folder_pending(&share, pending),
+            Input::FolderPending(share, pending, seen) => {
+                if let Some(f) = self.folders.get_mut(&share) {
+                    f.pending = pending;
+                    f.seen = seen;
+                }
+                self.report_folder(share);
+            }
+            Input::FolderComplete { share, reply } => {
+                let _ = reply.send(self.node.folder_pending(&share) == Some(0));
+            }
             Input::RemoveMember {
                 share,
                 device,
@@ -761,6 +807,15 @@ impl<R: Runtime> Owner<R> {
         self.drain_outputs().await;
     }
 
+    /// Tells the node (and so peers) how far a folder is: what it reported, plus the changes
+    /// it has been handed and not processed yet.
+    fn report_folder(&mut self, share: ShareId) {
+        if let Some(f) = self.folders.get(&share) {
+            let pending = f.pending + f.sent.saturating_sub(f.seen);
+            self.node.set_folder_pending(&share, pending);
+        }
+    }
+
     async fn drain_outputs(&mut self) {
         while let Some(out) = self.node.poll_output() {
             match out {
@@ -790,8 +845,8 @@ impl<R: Runtime> Owner<R> {
                         len,
                     };
                     match self.folders.get(&share) {
-                        Some(link) => {
-                            if let Err(e) = link.reads.send(read) {
+                        Some(folder) => {
+                            if let Err(e) = folder.link.reads.send(read) {
                                 self.node.chunk_read(e.0.conn, e.0.id, None);
                             }
                         }
@@ -824,8 +879,15 @@ impl<R: Runtime> Owner<R> {
                                 || keys.send(key.clone()).is_ok()
                         });
                     }
-                    if let Some(link) = share.and_then(|s| self.folders.get(&s)) {
-                        let _ = link.events.send(event.clone());
+                    if let Some(share) = share
+                        && let Some(folder) = self.folders.get_mut(&share)
+                    {
+                        let entry_changed = matches!(&event, Event::Db { event: db::Event::Changed { key }, .. } if clearskies_proto::files::path_of(key).is_some());
+                        let _ = folder.link.events.send(event.clone());
+                        if entry_changed {
+                            folder.sent += 1;
+                            self.report_folder(share);
+                        }
                         if matches!(event, Event::Chunk { .. } | Event::ChunkStalled { .. }) {
                             continue;
                         }
