@@ -1,199 +1,39 @@
-//! Pairing over real TLS: proto's sans-IO [`Joiner`] / [`Inviter`] run inside a [`Session`]
-//! on a TLS 1.3 connection made in pairing mode (any key accepted; the PAKE decides), with the
-//! connection's exporter value as channel binding.
+//! Pairing over TCP + TLS on tokio: the connection glue around `clearskies_runtime::pairing`,
+//! which holds the logic (proto's sans-IO joiner and inviter inside a session, with the
+//! connection's exporter value as channel binding).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use clearskies_net::PeerPolicy;
 use clearskies_proto::code::AccessCode;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::Member;
-use clearskies_proto::pair::{
-    Admitted, Invitations, Inviter, Joined, Output, PAIR_EXTENSION, PairError,
-};
-use clearskies_proto::session::{Event, Priority, Session, SessionConfig};
-use clearskies_proto::wire::{CloseCode, ExtensionMessage, Message};
+use clearskies_proto::pair::{Admitted, Invitations, Joined};
+pub use clearskies_runtime::pairing::{NOT_A_MEMBER, PairingFailure, unix_micros};
+use clearskies_runtime::pairing::{PairingStream, admit_stream as admit_on, join_stream};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
+use crate::Tokio;
 use crate::tls::{self, TlsStream};
-use crate::{MonotonicClock, SessionHandle, run_session};
 
-/// The close code a listener sends a device that is not a member and did not come to pair.
-pub const NOT_A_MEMBER: CloseCode = CloseCode(0x1001);
-
-/// Why pairing did not complete.
-#[derive(Debug)]
-pub enum PairingFailure {
-    /// The network or TLS failed.
-    Io(io::Error),
-    /// The pairing protocol refused (wrong secret, expired, used, ... ; see its `code()`).
-    Refused(PairError),
-    /// The session ended before pairing finished.
-    Ended(String),
-}
-
-impl std::fmt::Display for PairingFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PairingFailure::Io(e) => write!(f, "{e}"),
-            PairingFailure::Refused(e) => write!(f, "{e}"),
-            PairingFailure::Ended(why) => {
-                write!(f, "the connection ended before pairing finished: {why}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for PairingFailure {}
-
-impl PairingFailure {
-    /// The stable code of a protocol refusal (`wrong-secret`, `expired`, ...), if it is one.
-    pub fn code(&self) -> Option<&'static str> {
-        match self {
-            PairingFailure::Refused(e) => Some(e.code()),
-            _ => None,
-        }
-    }
-}
-
-fn seed() -> [u8; 32] {
-    let mut s = [0u8; 32];
-    // Without OS randomness no key can be made either: nothing sensible to do.
-    getrandom::getrandom(&mut s).expect("the operating system's random source");
-    s
-}
-
-/// Wall-clock microseconds since the Unix epoch (invitation expiry is wall time).
-pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-fn binding(stream: &TlsStream) -> io::Result<[u8; 32]> {
-    let value = match stream {
+/// `stream` with its channel binding, for the pairing logic.
+fn pairing_stream(
+    stream: TlsStream,
+    peer_key: [u8; 32],
+) -> io::Result<PairingStream<Compat<TlsStream>>> {
+    let binding = match &stream {
         tokio_rustls::TlsStream::Client(s) => clearskies_net::channel_binding(s.get_ref().1),
         tokio_rustls::TlsStream::Server(s) => clearskies_net::channel_binding(s.get_ref().1),
-    };
-    value.map_err(io::Error::other)
-}
-
-/// One side's pairing logic, fed by [`exchange`].
-trait Side {
-    type Done;
-    fn start(&mut self) -> Vec<Output>;
-    fn receive(&mut self, payload: &[u8]) -> Vec<Output>;
-    /// Called with `Admitted` (inviter): returns the outputs of granting.
-    fn admitted(&mut self, admitted: &Admitted) -> Result<Vec<Output>, PairingFailure>;
-    fn done(output: &Output) -> Option<Self::Done>;
-}
-
-/// Runs a session on `stream` and the pairing messages inside it until `S` finishes.
-async fn exchange<S: Side>(
-    stream: TlsStream,
-    mut side: S,
-    name: &str,
-) -> Result<S::Done, PairingFailure> {
-    let clock = MonotonicClock::new();
-    let config = SessionConfig {
-        device_name: name.to_owned(),
-        extensions: vec![PAIR_EXTENSION.to_owned()],
-        ..SessionConfig::default()
-    };
-    let session =
-        Session::new(config, clock.now()).map_err(|e| PairingFailure::Ended(e.to_string()))?;
-    let (handle, commands) = SessionHandle::channel(8);
-    let (events_tx, mut events) = mpsc::channel(16);
-    let task = tokio::spawn(run_session(session, stream, clock, commands, events_tx));
-    let send = |handle: &SessionHandle, payload| {
-        let handle = handle.clone();
-        async move {
-            let m = Message::Extension(ExtensionMessage {
-                name: PAIR_EXTENSION.to_owned(),
-                payload,
-            });
-            handle
-                .send(m, Priority::Control)
-                .await
-                .map_err(|e| PairingFailure::Ended(e.to_string()))
-        }
-    };
-    let mut result = None;
-    let mut pending = Vec::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Established(n) if !n.extensions.iter().any(|e| e == PAIR_EXTENSION) => {
-                // A device that came to sync, not to pair: it is not (or no longer) a member.
-                let _ = handle.close(NOT_A_MEMBER, "this device is not a member of any share here: pair with an access code first").await;
-                result = Some(Err(PairingFailure::Ended(
-                    "the peer came to sync but is not a member".into(),
-                )));
-            }
-            Event::Established(_) => pending.extend(side.start()),
-            Event::Message(Message::Extension(m)) if m.name == PAIR_EXTENSION => {
-                pending.extend(side.receive(&m.payload))
-            }
-            Event::Closed(reason) => {
-                if result.is_none() {
-                    result = Some(Err(PairingFailure::Ended(format!("{reason:?}"))));
-                }
-                break;
-            }
-            _ => {}
-        }
-        while !pending.is_empty() {
-            for output in std::mem::take(&mut pending) {
-                if let Some(done) = S::done(&output) {
-                    result = Some(Ok(done));
-                }
-                match output {
-                    Output::Send(payload) => send(&handle, payload).await?,
-                    Output::Admitted(a) => match side.admitted(&a) {
-                        Ok(outputs) => pending.extend(outputs),
-                        Err(e) => result = Some(Err(e)),
-                    },
-                    Output::Failed(e) => {
-                        result = Some(Err(PairingFailure::Refused(e)));
-                    }
-                    Output::Persist | Output::Joined(_) => {}
-                }
-            }
-        }
-        if result.is_some() {
-            // Everything queued goes out before the close.
-            let _ = handle.close(CloseCode::NORMAL, "pairing finished").await;
-        }
     }
-    let _ = task.await;
-    result.unwrap_or_else(|| Err(PairingFailure::Ended("no result".into())))
-}
-
-struct JoinSide {
-    joiner: clearskies_proto::pair::Joiner,
-}
-
-impl Side for JoinSide {
-    type Done = Joined;
-    fn start(&mut self) -> Vec<Output> {
-        std::iter::from_fn(|| self.joiner.poll_output()).collect()
-    }
-    fn receive(&mut self, payload: &[u8]) -> Vec<Output> {
-        self.joiner.handle_payload(payload);
-        std::iter::from_fn(|| self.joiner.poll_output()).collect()
-    }
-    fn admitted(&mut self, _: &Admitted) -> Result<Vec<Output>, PairingFailure> {
-        Ok(Vec::new())
-    }
-    fn done(output: &Output) -> Option<Joined> {
-        match output {
-            Output::Joined(j) => Some(j.clone()),
-            _ => None,
-        }
-    }
+    .map_err(io::Error::other)?;
+    Ok(PairingStream {
+        stream: stream.compat(),
+        binding,
+        peer_key,
+    })
 }
 
 /// The joiner: dials `addr`, pairs with `code`. Returns the share, access and members.
@@ -202,52 +42,8 @@ pub async fn join(
     key: &DeviceKey,
     code: &AccessCode,
 ) -> Result<Joined, PairingFailure> {
-    let (peer, stream) = tls::connect(addr, key, PeerPolicy::Pairing)
-        .await
-        .map_err(PairingFailure::Io)?;
-    let joiner = clearskies_proto::pair::Joiner::new(
-        code,
-        binding(&stream).map_err(PairingFailure::Io)?,
-        key.public_key(),
-        peer.public_key,
-        seed(),
-    );
-    exchange(stream, JoinSide { joiner }, "joiner").await
-}
-
-struct InviteSide<F> {
-    inviter: Inviter,
-    invitations: Arc<Mutex<Invitations>>,
-    members: F,
-}
-
-impl<F: FnMut(&Admitted) -> Vec<Member>> Side for InviteSide<F> {
-    type Done = Admitted;
-    fn start(&mut self) -> Vec<Output> {
-        Vec::new()
-    }
-    fn receive(&mut self, payload: &[u8]) -> Vec<Output> {
-        // A poisoned registry means another pairing panicked; its data is still consistent
-        // (every change is one call), so keep going.
-        let mut invitations = self.invitations.lock().unwrap_or_else(|p| p.into_inner());
-        self.inviter
-            .handle_payload(unix_micros(), &mut invitations, payload);
-        drop(invitations);
-        std::iter::from_fn(|| self.inviter.poll_output()).collect()
-    }
-    fn admitted(&mut self, admitted: &Admitted) -> Result<Vec<Output>, PairingFailure> {
-        let members = (self.members)(admitted);
-        self.inviter
-            .grant(members)
-            .map_err(|e| PairingFailure::Ended(format!("cannot grant: {e:?}")))?;
-        Ok(std::iter::from_fn(|| self.inviter.poll_output()).collect())
-    }
-    fn done(output: &Output) -> Option<Admitted> {
-        match output {
-            Output::Admitted(a) => Some(a.clone()),
-            _ => None,
-        }
-    }
+    let (peer, stream) = tls::connect(addr, key, PeerPolicy::Pairing).await?;
+    join_stream(&Tokio, pairing_stream(stream, peer.public_key)?, key, code).await
 }
 
 /// The inviter: pairs a device that connected on `tcp`, checking its code against
@@ -264,7 +60,7 @@ pub async fn admit(
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
     let server = clearskies_net::server_config(key, PeerPolicy::Pairing);
-    let (peer, stream) = tls::accept(tcp, server).await.map_err(PairingFailure::Io)?;
+    let (peer, stream) = tls::accept(tcp, server).await?;
     admit_stream(
         stream,
         peer.public_key,
@@ -286,21 +82,6 @@ pub async fn admit_stream(
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
 ) -> Result<Admitted, PairingFailure> {
-    let inviter = Inviter::new(
-        binding(&stream).map_err(PairingFailure::Io)?,
-        key.public_key(),
-        peer_key,
-        address,
-        seed(),
-    );
-    exchange(
-        stream,
-        InviteSide {
-            inviter,
-            invitations,
-            members,
-        },
-        "inviter",
-    )
-    .await
+    let connection = pairing_stream(stream, peer_key)?;
+    admit_on(&Tokio, connection, address, key, invitations, members).await
 }

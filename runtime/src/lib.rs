@@ -27,6 +27,8 @@
 pub mod conformance;
 pub mod folder;
 pub mod node;
+pub mod pairing;
+pub mod session;
 
 use std::future::Future;
 use std::pin::Pin;
