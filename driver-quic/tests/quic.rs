@@ -1,7 +1,9 @@
 //! The driver conformance suite (`clearskies_runtime::conformance`) over QUIC on real loopback
 //! UDP sockets: two devices with redb stores sync both ways and catch up after a restart, a
-//! stranger is refused in the handshake, and a connection closed mid-transfer is reported and
-//! healed by reconnecting. Plus what only QUIC has here: its channel binding.
+//! stranger is refused in the handshake, a connection closed mid-transfer is reported and
+//! healed by reconnecting, a read-only member's writes are refused, and acknowledged writes
+//! survive a shutdown. (Pairing runs over TCP + TLS only: this driver's connections carry the
+//! member ALPN alone.) Plus what only QUIC has here: its channel binding.
 
 use std::io;
 use std::net::SocketAddr;
@@ -77,6 +79,17 @@ async fn a_device_that_is_not_a_member_is_refused_in_the_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting() {
     conformance::a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting(&Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_member_reads_but_its_writes_are_refused() {
+    conformance::a_read_only_member_reads_but_its_writes_are_refused(&Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart() {
+    conformance::an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart(&Quic)
+        .await;
 }
 
 /// Connects `dialer` to `listener` (both endpoints of `bind`); the dialer writes one byte so

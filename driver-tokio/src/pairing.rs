@@ -24,14 +24,9 @@ fn pairing_stream(
     stream: TlsStream,
     peer_key: [u8; 32],
 ) -> io::Result<PairingStream<Compat<TlsStream>>> {
-    let binding = match &stream {
-        tokio_rustls::TlsStream::Client(s) => clearskies_net::channel_binding(s.get_ref().1),
-        tokio_rustls::TlsStream::Server(s) => clearskies_net::channel_binding(s.get_ref().1),
-    }
-    .map_err(io::Error::other)?;
     Ok(PairingStream {
+        binding: tls::channel_binding(&stream)?,
         stream: stream.compat(),
-        binding,
         peer_key,
     })
 }

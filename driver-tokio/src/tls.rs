@@ -5,7 +5,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use clearskies_net::{PeerKey, PeerPolicy, describe_handshake_error, established_peer};
+pub use clearskies_net::Purpose;
+use clearskies_net::{PeerKey, PeerPolicy, established_peer, handshake_error};
 use clearskies_proto::crypto::DeviceKey;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -25,7 +26,7 @@ pub async fn connect(
     let tls = connector
         .connect(clearskies_net::server_name(), tcp)
         .await
-        .map_err(|e| io::Error::new(e.kind(), describe_handshake_error(&e)))?;
+        .map_err(handshake_error)?;
     let peer = established_peer(tls.get_ref().1)?;
     Ok((peer, tokio_rustls::TlsStream::Client(tls)))
 }
@@ -39,18 +40,9 @@ pub async fn accept(
     let tls = TlsAcceptor::from(config)
         .accept(tcp)
         .await
-        .map_err(|e| io::Error::new(e.kind(), describe_handshake_error(&e)))?;
+        .map_err(handshake_error)?;
     let peer = established_peer(tls.get_ref().1)?;
     Ok((peer, tokio_rustls::TlsStream::Server(tls)))
-}
-
-/// What a connection accepted by [`accept_either`] came for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// A member's session: the peer was judged by the members policy during the handshake.
-    Member,
-    /// A pairing attempt: any key was accepted; the PAKE decides.
-    Pairing,
 }
 
 /// Accepts TLS on one port for both purposes: reads the ClientHello's ALPN first, then runs
@@ -67,19 +59,20 @@ pub async fn accept_either(
         tcp,
     )
     .await?;
-    let wants_pairing = start
-        .client_hello()
-        .alpn()
-        .is_some_and(|mut protocols| protocols.any(|p| p == clearskies_net::PAIRING_ALPN));
-    let (purpose, config) = if wants_pairing {
-        (Purpose::Pairing, pairing)
-    } else {
-        (Purpose::Member, members)
-    };
+    let purpose = Purpose::of(&start.client_hello());
     let tls = start
-        .into_stream(config)
+        .into_stream(purpose.config(members, pairing))
         .await
-        .map_err(|e| io::Error::new(e.kind(), describe_handshake_error(&e)))?;
+        .map_err(handshake_error)?;
     let peer = established_peer(tls.get_ref().1)?;
     Ok((purpose, peer, tokio_rustls::TlsStream::Server(tls)))
+}
+
+/// The channel binding of a finished TLS connection (`clearskies_net::channel_binding`).
+pub fn channel_binding(stream: &TlsStream) -> io::Result<[u8; 32]> {
+    match stream {
+        tokio_rustls::TlsStream::Client(s) => clearskies_net::channel_binding(s.get_ref().1),
+        tokio_rustls::TlsStream::Server(s) => clearskies_net::channel_binding(s.get_ref().1),
+    }
+    .map_err(io::Error::other)
 }
