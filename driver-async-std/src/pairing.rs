@@ -1,4 +1,4 @@
-//! Pairing over TCP + TLS on the async-std / smol family: the connection glue around
+//! Pairing over TCP + TLS on the async-std / smol family: the socket glue around
 //! `clearskies_runtime::pairing`, which holds the logic.
 
 use std::net::SocketAddr;
@@ -10,13 +10,12 @@ use clearskies_proto::code::AccessCode;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::Member;
 use clearskies_proto::pair::{Admitted, Invitations, Joined};
-pub use clearskies_runtime::pairing::{NOT_A_MEMBER, PairingFailure, unix_micros};
-use clearskies_runtime::pairing::{PairingStream, admit_stream, join_stream};
+pub use clearskies_runtime::pairing::{NOT_A_MEMBER, PairingFailure, admit_tls, unix_micros};
+use clearskies_runtime::pairing::{admit_tcp, join_tls};
 
-use crate::AsyncIo;
-use crate::tls::{self, TlsStream};
+use crate::{AsyncIo, tls};
 
-/// The joiner: dials `addr` as `key` and pairs with `code`, running the session on `runtime`.
+/// The joiner: dials `addr` as `key` and pairs with `code`, its session's tasks on `runtime`.
 /// Returns the share, access and members.
 pub async fn join(
     runtime: &AsyncIo,
@@ -25,18 +24,13 @@ pub async fn join(
     code: &AccessCode,
 ) -> Result<Joined, PairingFailure> {
     let (inviter, stream) = tls::connect(addr, key, PeerPolicy::Pairing).await?;
-    let binding = tls::channel_binding(&stream)?;
-    let connection = PairingStream {
-        stream,
-        binding,
-        peer_key: inviter.public_key,
-    };
-    join_stream(runtime, connection, key, code).await
+    join_tls(runtime, inviter, stream, key, code).await
 }
 
 /// The inviter: pairs the device that connected on `tcp`, checking its code against
 /// `invitations`. `members(admitted)` records the new member and returns the share's member
-/// list (the new device included) to grant.
+/// list (the new device included) to grant. For a connection [`tls::accept_either`] accepted
+/// in pairing mode, call [`admit_tls`].
 pub async fn admit(
     runtime: &AsyncIo,
     tcp: TcpStream,
@@ -49,37 +43,6 @@ pub async fn admit(
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    let config = clearskies_net::server_config(key, PeerPolicy::Pairing);
-    let (joiner, stream) = tls::accept(tcp, config).await?;
-    admit_tls(
-        runtime,
-        stream,
-        joiner.public_key,
-        ip.as_bytes(),
-        key,
-        invitations,
-        members,
-    )
-    .await
-}
-
-/// The inviter on a TLS connection already accepted in pairing mode (by
-/// [`tls::accept_either`]), from a device with public key `peer_key` at `address` (an opaque
-/// key for the per-address limit).
-pub async fn admit_tls(
-    runtime: &AsyncIo,
-    stream: TlsStream,
-    peer_key: [u8; 32],
-    address: &[u8],
-    key: &DeviceKey,
-    invitations: Arc<Mutex<Invitations>>,
-    members: impl FnMut(&Admitted) -> Vec<Member>,
-) -> Result<Admitted, PairingFailure> {
-    let binding = tls::channel_binding(&stream)?;
-    let connection = PairingStream {
-        stream,
-        binding,
-        peer_key,
-    };
-    admit_stream(runtime, connection, address, key, invitations, members).await
+    tcp.set_nodelay(true)?;
+    admit_tcp(runtime, tcp, ip.as_bytes(), key, invitations, members).await
 }

@@ -1,8 +1,7 @@
-//! Pairing over TCP + TLS on tokio: the connection glue around `clearskies_runtime::pairing`,
+//! Pairing over TCP + TLS on tokio: the socket glue around `clearskies_runtime::pairing`,
 //! which holds the logic (proto's sans-IO joiner and inviter inside a session, with the
 //! connection's exporter value as channel binding).
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -12,24 +11,12 @@ use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::Member;
 use clearskies_proto::pair::{Admitted, Invitations, Joined};
 pub use clearskies_runtime::pairing::{NOT_A_MEMBER, PairingFailure, unix_micros};
-use clearskies_runtime::pairing::{PairingStream, admit_stream as admit_on, join_stream};
+use clearskies_runtime::pairing::{admit_tcp, admit_tls, join_tls};
 use tokio::net::TcpStream;
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::Tokio;
 use crate::tls::{self, TlsStream};
-
-/// `stream` with its channel binding, for the pairing logic.
-fn pairing_stream(
-    stream: TlsStream,
-    peer_key: [u8; 32],
-) -> io::Result<PairingStream<Compat<TlsStream>>> {
-    Ok(PairingStream {
-        binding: tls::channel_binding(&stream)?,
-        stream: stream.compat(),
-        peer_key,
-    })
-}
 
 /// The joiner: dials `addr`, pairs with `code`. Returns the share, access and members.
 pub async fn join(
@@ -37,8 +24,8 @@ pub async fn join(
     key: &DeviceKey,
     code: &AccessCode,
 ) -> Result<Joined, PairingFailure> {
-    let (peer, stream) = tls::connect(addr, key, PeerPolicy::Pairing).await?;
-    join_stream(&Tokio, pairing_stream(stream, peer.public_key)?, key, code).await
+    let (inviter, stream) = tls::connect(addr, key, PeerPolicy::Pairing).await?;
+    join_tls(&Tokio, inviter, stream, key, code).await
 }
 
 /// The inviter: pairs a device that connected on `tcp`, checking its code against
@@ -50,16 +37,16 @@ pub async fn admit(
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
 ) -> Result<Admitted, PairingFailure> {
-    let address = tcp
+    // The per-address limit is keyed by the IP alone (a retry comes from a new port).
+    let ip = tcp
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    let server = clearskies_net::server_config(key, PeerPolicy::Pairing);
-    let (peer, stream) = tls::accept(tcp, server).await?;
-    admit_stream(
-        stream,
-        peer.public_key,
-        address.as_bytes(),
+    tcp.set_nodelay(true)?;
+    admit_tcp(
+        &Tokio,
+        tcp.compat(),
+        ip.as_bytes(),
         key,
         invitations,
         members,
@@ -77,6 +64,5 @@ pub async fn admit_stream(
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
 ) -> Result<Admitted, PairingFailure> {
-    let connection = pairing_stream(stream, peer_key)?;
-    admit_on(&Tokio, connection, address, key, invitations, members).await
+    admit_tls(&Tokio, stream, peer_key, address, key, invitations, members).await
 }

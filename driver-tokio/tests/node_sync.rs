@@ -14,7 +14,7 @@ use clearskies_net::{PeerKey, PeerPolicy};
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_tokio::Tokio;
 use clearskies_tokio::conformance::{self, Cut, PairingTransport, Transport};
-use clearskies_tokio::node::TokioIo;
+use clearskies_tokio::node::FuturesIo;
 use clearskies_tokio::tls::{self, TlsStream};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -23,7 +23,7 @@ struct Tls;
 impl Transport for Tls {
     type Listener = (TcpListener, Arc<ServerConfig>);
     type Runtime = Tokio;
-    type Family = TokioIo;
+    type Family = FuturesIo;
     type Stream = TlsStream;
 
     fn runtime(&self) -> Tokio {

@@ -29,6 +29,7 @@ pub mod folder;
 pub mod node;
 pub mod pairing;
 pub mod session;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;

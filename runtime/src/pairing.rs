@@ -1,14 +1,16 @@
 //! Pairing over an authenticated connection: proto's sans-IO [`Joiner`] / [`Inviter`] run
 //! inside a [`Session`] on a TLS 1.3 connection made in pairing mode (any key accepted; the
-//! PAKE decides), with the connection's exporter value as channel binding. Drivers make the
-//! connection and compute the binding (`clearskies_net::channel_binding`); everything after
-//! that is here, once.
+//! PAKE decides), with the connection's exporter value as channel binding. Drivers dial or
+//! accept the TCP connection; the TLS handshake ([`crate::tls`]) and everything after it are
+//! here, once. [`join_stream`] and [`admit_stream`] take any stream with its binding (a QUIC
+//! stream, say).
 //!
 //! [`Joiner`]: clearskies_proto::pair::Joiner
 
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use clearskies_net::{PeerKey, PeerPolicy};
 use clearskies_proto::code::AccessCode;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::Member;
@@ -21,6 +23,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::session::{SessionHandle, run_session};
+use crate::tls::{self, TlsStream};
 pub use crate::unix_micros;
 use crate::{MonotonicClock, Runtime};
 
@@ -307,6 +310,78 @@ where
             members,
         },
         "inviter",
+    )
+    .await
+}
+
+/// The joiner on a TLS connection it dialled in pairing mode (`tls::connect` with
+/// [`PeerPolicy::Pairing`]) to `inviter`: pairs with `code`.
+pub async fn join_tls<R, S>(
+    runtime: &R,
+    inviter: PeerKey,
+    stream: TlsStream<S>,
+    key: &DeviceKey,
+    code: &AccessCode,
+) -> Result<Joined, PairingFailure>
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let connection = PairingStream {
+        binding: tls::channel_binding(&stream)?,
+        stream,
+        peer_key: inviter.public_key,
+    };
+    join_stream(runtime, connection, key, code).await
+}
+
+/// The inviter on a TLS connection accepted in pairing mode (by `tls::accept_either`), from
+/// the device with public key `peer_key` at `address`: see [`admit_stream`].
+pub async fn admit_tls<R, S>(
+    runtime: &R,
+    stream: TlsStream<S>,
+    peer_key: [u8; 32],
+    address: &[u8],
+    key: &DeviceKey,
+    invitations: Arc<Mutex<Invitations>>,
+    members: impl FnMut(&Admitted) -> Vec<Member>,
+) -> Result<Admitted, PairingFailure>
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let connection = PairingStream {
+        binding: tls::channel_binding(&stream)?,
+        stream,
+        peer_key,
+    };
+    admit_stream(runtime, connection, address, key, invitations, members).await
+}
+
+/// The inviter on a connection `tcp` just accepted from `address`: runs the TLS handshake in
+/// pairing mode, then [`admit_tls`].
+pub async fn admit_tcp<R, S>(
+    runtime: &R,
+    tcp: S,
+    address: &[u8],
+    key: &DeviceKey,
+    invitations: Arc<Mutex<Invitations>>,
+    members: impl FnMut(&Admitted) -> Vec<Member>,
+) -> Result<Admitted, PairingFailure>
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let config = clearskies_net::server_config(key, PeerPolicy::Pairing);
+    let (joiner, stream) = tls::accept(tcp, config).await?;
+    admit_tls(
+        runtime,
+        stream,
+        joiner.public_key,
+        address,
+        key,
+        invitations,
+        members,
     )
     .await
 }
