@@ -133,7 +133,7 @@ fn key(n: u8) -> DeviceKey {
 }
 
 /// The driver's own API on one listening port: `accept_either` sorts a member's dial from a
-/// pairing one; `pairing::join` and `pairing::admit_tls` pair device 3 with device 1.
+/// pairing one; `pairing::join` and `pairing::admit_stream` pair device 3 with device 1.
 async fn one_port_serves_members_and_pairing_through_the_driver_api(transport: &Tls) {
     let runtime = transport.runtime();
     let share = [0x33; 32];
@@ -187,10 +187,10 @@ async fn one_port_serves_members_and_pairing_through_the_driver_api(transport: &
                 },
             ]
         };
-        pairing::admit_tls(
+        let connection = pairing::PairingStream::tls(stream, peer.public_key).unwrap();
+        pairing::admit_stream(
             &runtime,
-            stream,
-            peer.public_key,
+            connection,
             b"127.0.0.1",
             &key(1),
             invitations.clone(),

@@ -11,7 +11,9 @@ use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::Member;
 use clearskies_proto::pair::{Admitted, Invitations, Joined};
 pub use clearskies_runtime::pairing::{NOT_A_MEMBER, PairingFailure, unix_micros};
-use clearskies_runtime::pairing::{admit_tcp, admit_tls, join_tls};
+use clearskies_runtime::pairing::{
+    PairingStream, admit_stream as admit_on, admit_tcp, join_stream,
+};
 use tokio::net::TcpStream;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -25,7 +27,8 @@ pub async fn join(
     code: &AccessCode,
 ) -> Result<Joined, PairingFailure> {
     let (inviter, stream) = tls::connect(addr, key, PeerPolicy::Pairing).await?;
-    join_tls(&Tokio, inviter, stream, key, code).await
+    let connection = PairingStream::tls(stream, inviter.public_key)?;
+    join_stream(&Tokio, connection, key, code).await
 }
 
 /// The inviter: pairs a device that connected on `tcp`, checking its code against
@@ -64,5 +67,6 @@ pub async fn admit_stream(
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
 ) -> Result<Admitted, PairingFailure> {
-    admit_tls(&Tokio, stream, peer_key, address, key, invitations, members).await
+    let connection = PairingStream::tls(stream, peer_key)?;
+    admit_on(&Tokio, connection, address, key, invitations, members).await
 }

@@ -10,7 +10,7 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use clearskies_net::{PeerKey, PeerPolicy};
+use clearskies_net::PeerPolicy;
 use clearskies_proto::code::AccessCode;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::Member;
@@ -19,9 +19,9 @@ use clearskies_proto::pair::{
 };
 use clearskies_proto::session::{Event, Priority, Session, SessionConfig};
 use clearskies_proto::wire::{CloseCode, ExtensionMessage, Message};
-use futures_io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::node::Stream;
 use crate::session::{SessionHandle, run_session};
 use crate::tls::{self, TlsStream};
 pub use crate::unix_micros;
@@ -84,6 +84,18 @@ pub struct PairingStream<S> {
     pub peer_key: [u8; 32],
 }
 
+impl<S> PairingStream<TlsStream<S>> {
+    /// A TLS connection made in pairing mode to or from the device with public key `peer_key`,
+    /// with its channel binding.
+    pub fn tls(stream: TlsStream<S>, peer_key: [u8; 32]) -> io::Result<Self> {
+        Ok(PairingStream {
+            binding: tls::channel_binding(&stream)?,
+            stream,
+            peer_key,
+        })
+    }
+}
+
 impl From<io::Error> for PairingFailure {
     fn from(e: io::Error) -> Self {
         PairingFailure::Io(e)
@@ -101,17 +113,12 @@ trait Side {
 }
 
 /// Runs a session on `stream` and the pairing messages inside it until `S` finishes.
-async fn exchange<R, T, S>(
+async fn exchange<R: Runtime, T: Stream, S: Side>(
     runtime: &R,
     stream: T,
     mut side: S,
     name: &str,
-) -> Result<S::Done, PairingFailure>
-where
-    R: Runtime,
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: Side,
-{
+) -> Result<S::Done, PairingFailure> {
     let clock = MonotonicClock::new();
     let config = SessionConfig {
         device_name: name.to_owned(),
@@ -223,16 +230,12 @@ impl Side for JoinSide {
 
 /// The joiner, on a connection it dialled in pairing mode: pairs with `code`. Returns the
 /// share, access and members.
-pub async fn join_stream<R, T>(
+pub async fn join_stream<R: Runtime, T: Stream>(
     runtime: &R,
     connection: PairingStream<T>,
     key: &DeviceKey,
     code: &AccessCode,
-) -> Result<Joined, PairingFailure>
-where
-    R: Runtime,
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+) -> Result<Joined, PairingFailure> {
     let joiner = clearskies_proto::pair::Joiner::new(
         code,
         connection.binding,
@@ -282,18 +285,14 @@ impl<F: FnMut(&Admitted) -> Vec<Member>> Side for InviteSide<F> {
 /// opaque key for the per-address limit): checks its code against `invitations`.
 /// `members(admitted)` records the new member and returns the share's member list (the new
 /// device included) to grant.
-pub async fn admit_stream<R, T>(
+pub async fn admit_stream<R: Runtime, T: Stream>(
     runtime: &R,
     connection: PairingStream<T>,
     address: &[u8],
     key: &DeviceKey,
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
-) -> Result<Admitted, PairingFailure>
-where
-    R: Runtime,
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+) -> Result<Admitted, PairingFailure> {
     let inviter = Inviter::new(
         connection.binding,
         key.public_key(),
@@ -314,74 +313,19 @@ where
     .await
 }
 
-/// The joiner on a TLS connection it dialled in pairing mode (`tls::connect` with
-/// [`PeerPolicy::Pairing`]) to `inviter`: pairs with `code`.
-pub async fn join_tls<R, S>(
-    runtime: &R,
-    inviter: PeerKey,
-    stream: TlsStream<S>,
-    key: &DeviceKey,
-    code: &AccessCode,
-) -> Result<Joined, PairingFailure>
-where
-    R: Runtime,
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let connection = PairingStream {
-        binding: tls::channel_binding(&stream)?,
-        stream,
-        peer_key: inviter.public_key,
-    };
-    join_stream(runtime, connection, key, code).await
-}
-
-/// The inviter on a TLS connection accepted in pairing mode (by `tls::accept_either`), from
-/// the device with public key `peer_key` at `address`: see [`admit_stream`].
-pub async fn admit_tls<R, S>(
-    runtime: &R,
-    stream: TlsStream<S>,
-    peer_key: [u8; 32],
-    address: &[u8],
-    key: &DeviceKey,
-    invitations: Arc<Mutex<Invitations>>,
-    members: impl FnMut(&Admitted) -> Vec<Member>,
-) -> Result<Admitted, PairingFailure>
-where
-    R: Runtime,
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let connection = PairingStream {
-        binding: tls::channel_binding(&stream)?,
-        stream,
-        peer_key,
-    };
-    admit_stream(runtime, connection, address, key, invitations, members).await
-}
-
 /// The inviter on a connection `tcp` just accepted from `address`: runs the TLS handshake in
-/// pairing mode, then [`admit_tls`].
-pub async fn admit_tcp<R, S>(
+/// pairing mode, then [`admit_stream`]. (Set the socket's `TCP_NODELAY` first, as for any
+/// ClearSkies connection.)
+pub async fn admit_tcp<R: Runtime, S: Stream>(
     runtime: &R,
     tcp: S,
     address: &[u8],
     key: &DeviceKey,
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
-) -> Result<Admitted, PairingFailure>
-where
-    R: Runtime,
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+) -> Result<Admitted, PairingFailure> {
     let config = clearskies_net::server_config(key, PeerPolicy::Pairing);
     let (joiner, stream) = tls::accept(tcp, config).await?;
-    admit_tls(
-        runtime,
-        stream,
-        joiner.public_key,
-        address,
-        key,
-        invitations,
-        members,
-    )
-    .await
+    let connection = PairingStream::tls(stream, joiner.public_key)?;
+    admit_stream(runtime, connection, address, key, invitations, members).await
 }
