@@ -309,7 +309,7 @@ async fn serve(
         }
     };
     let d = device.clone();
-    let result = pairing::admit_stream(
+    let result = pairing::admit_on(
         link,
         binding,
         peer.public_key,
@@ -836,7 +836,7 @@ pub fn join(
             .await
             .map_err(|e| failed(format!("cannot reach {addr}: {e}")))?;
         let binding = link.channel_binding().map_err(|e| failed(e.to_string()))?;
-        pairing::join_stream(link, binding, peer.public_key, &key, code)
+        pairing::join_on(link, binding, peer.public_key, &key, code)
             .await
             .map_err(|e| failed(e.to_string()))
     })?;

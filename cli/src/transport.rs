@@ -17,6 +17,7 @@ use clearskies_quic::quinn::Endpoint;
 use clearskies_tokio::tls::{self, Purpose, TlsStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use crate::Failure;
 
@@ -60,8 +61,8 @@ impl Transport {
 /// An authenticated connection over either transport: one byte stream.
 #[derive(Debug)]
 pub enum Link {
-    /// TLS over TCP.
-    Tcp(Box<TlsStream>),
+    /// TLS over TCP (a futures-io stream, adapted to tokio's traits).
+    Tcp(Box<Compat<TlsStream>>),
     /// The session's bidirectional QUIC stream.
     Quic(Box<QuicStream>),
 }
@@ -70,7 +71,7 @@ impl Link {
     /// The connection's channel binding (`spec/transport.md` § 8), for pairing.
     pub fn channel_binding(&self) -> io::Result<[u8; 32]> {
         match self {
-            Link::Tcp(s) => clearskies_tokio::pairing::binding(s),
+            Link::Tcp(s) => clearskies_tokio::tls::channel_binding(s.get_ref()),
             Link::Quic(s) => s
                 .channel_binding()
                 .map_err(|_| io::Error::other("the QUIC handshake gave no channel binding")),
@@ -270,7 +271,7 @@ impl Dialer {
         let over_tcp = async || {
             tls::connect(addr, &self.key, policy.clone())
                 .await
-                .map(|(peer, s)| (peer, Link::Tcp(Box::new(s))))
+                .map(|(peer, s)| (peer, Link::Tcp(Box::new(s.compat()))))
         };
         match (quic, tcp) {
             (Some(endpoint), false) => over_quic(endpoint).await,
@@ -377,7 +378,7 @@ pub async fn accept_tcp(
     let members = clearskies_net::server_config(key, members);
     let pairing = clearskies_net::server_config(key, PeerPolicy::Pairing);
     let (purpose, peer, stream) = tls::accept_either(tcp, members, pairing).await?;
-    Ok((purpose, peer, Link::Tcp(Box::new(stream))))
+    Ok((purpose, peer, Link::Tcp(Box::new(stream.compat()))))
 }
 
 /// Accepts one QUIC connection, for either purpose.

@@ -1,7 +1,8 @@
 //! The driver conformance suite (`clearskies_runtime::conformance`) over QUIC on real loopback
 //! UDP sockets: two devices with redb stores sync both ways and catch up after a restart, a
-//! stranger is refused in the handshake, and a connection closed mid-transfer is reported and
-//! healed by reconnecting; the same on an endpoint that also serves pairing ([`bind_either`]).
+//! stranger is refused in the handshake, a connection closed mid-transfer is reported and
+//! healed by reconnecting, a read-only member's writes are refused, and acknowledged writes
+//! survive a shutdown; the same on an endpoint that also serves pairing ([`bind_either`]).
 //! Plus what only QUIC has here: its channel binding, and members and pairing told apart by
 //! ALPN on one endpoint.
 
@@ -204,6 +205,17 @@ async fn a_device_that_is_not_a_member_is_refused_in_the_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting() {
     conformance::a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting(&Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_member_reads_but_its_writes_are_refused() {
+    conformance::a_read_only_member_reads_but_its_writes_are_refused(&Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart() {
+    conformance::an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart(&Quic)
+        .await;
 }
 
 /// Connects `dialer` to `listener` (both endpoints of `bind`); the dialer writes one byte so

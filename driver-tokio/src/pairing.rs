@@ -1,204 +1,24 @@
-//! Pairing over real TLS: proto's sans-IO [`Joiner`] / [`Inviter`] run inside a [`Session`]
-//! on a TLS 1.3 connection made in pairing mode (any key accepted; the PAKE decides), with the
-//! connection's exporter value as channel binding. [`join`] and [`admit`] do it over TCP;
-//! [`join_stream`] and [`admit_stream`] on any connection already made in pairing mode (QUIC,
-//! for one), given its channel binding.
+//! Pairing over TCP + TLS on tokio: the socket glue around `clearskies_runtime::pairing`,
+//! which holds the logic (proto's sans-IO joiner and inviter inside a session, with the
+//! connection's exporter value as channel binding).
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use clearskies_net::PeerPolicy;
 use clearskies_proto::code::AccessCode;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::Member;
-use clearskies_proto::pair::{
-    Admitted, Invitations, Inviter, Joined, Output, PAIR_EXTENSION, PairError,
+use clearskies_proto::pair::{Admitted, Invitations, Joined};
+pub use clearskies_runtime::pairing::{NOT_A_MEMBER, PairingFailure, unix_micros};
+use clearskies_runtime::pairing::{
+    PairingStream, admit_stream as admit_inviter, admit_tcp, join_stream,
 };
-use clearskies_proto::session::{Event, Priority, Session, SessionConfig};
-use clearskies_proto::wire::{CloseCode, ExtensionMessage, Message};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio_util::compat::TokioAsyncReadCompatExt;
 
+use crate::Tokio;
 use crate::tls::{self, TlsStream};
-use crate::{MonotonicClock, SessionHandle, run_session};
-
-/// The close code a listener sends a device that is not a member and did not come to pair.
-pub const NOT_A_MEMBER: CloseCode = CloseCode(0x1001);
-
-/// Why pairing did not complete.
-#[derive(Debug)]
-pub enum PairingFailure {
-    /// The network or TLS failed.
-    Io(io::Error),
-    /// The pairing protocol refused (wrong secret, expired, used, ... ; see its `code()`).
-    Refused(PairError),
-    /// The session ended before pairing finished.
-    Ended(String),
-}
-
-impl std::fmt::Display for PairingFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PairingFailure::Io(e) => write!(f, "{e}"),
-            PairingFailure::Refused(e) => write!(f, "{e}"),
-            PairingFailure::Ended(why) => {
-                write!(f, "the connection ended before pairing finished: {why}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for PairingFailure {}
-
-impl PairingFailure {
-    /// The stable code of a protocol refusal (`wrong-secret`, `expired`, ...), if it is one.
-    pub fn code(&self) -> Option<&'static str> {
-        match self {
-            PairingFailure::Refused(e) => Some(e.code()),
-            _ => None,
-        }
-    }
-}
-
-fn seed() -> [u8; 32] {
-    let mut s = [0u8; 32];
-    // Without OS randomness no key can be made either: nothing sensible to do.
-    getrandom::getrandom(&mut s).expect("the operating system's random source");
-    s
-}
-
-/// Wall-clock microseconds since the Unix epoch (invitation expiry is wall time).
-pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// The channel binding of a TLS stream over TCP (`spec/transport.md` § 8).
-pub fn binding(stream: &TlsStream) -> io::Result<[u8; 32]> {
-    let value = match stream {
-        tokio_rustls::TlsStream::Client(s) => clearskies_net::channel_binding(s.get_ref().1),
-        tokio_rustls::TlsStream::Server(s) => clearskies_net::channel_binding(s.get_ref().1),
-    };
-    value.map_err(io::Error::other)
-}
-
-/// One side's pairing logic, fed by [`exchange`].
-trait Side {
-    type Done;
-    fn start(&mut self) -> Vec<Output>;
-    fn receive(&mut self, payload: &[u8]) -> Vec<Output>;
-    /// Called with `Admitted` (inviter): returns the outputs of granting.
-    fn admitted(&mut self, admitted: &Admitted) -> Result<Vec<Output>, PairingFailure>;
-    fn done(output: &Output) -> Option<Self::Done>;
-}
-
-/// Runs a session on `stream` and the pairing messages inside it until `S` finishes.
-async fn exchange<S: Side, T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    stream: T,
-    mut side: S,
-    name: &str,
-) -> Result<S::Done, PairingFailure> {
-    let clock = MonotonicClock::new();
-    let config = SessionConfig {
-        device_name: name.to_owned(),
-        extensions: vec![PAIR_EXTENSION.to_owned()],
-        ..SessionConfig::default()
-    };
-    let session =
-        Session::new(config, clock.now()).map_err(|e| PairingFailure::Ended(e.to_string()))?;
-    let (handle, commands) = SessionHandle::channel(8);
-    let (events_tx, mut events) = mpsc::channel(16);
-    let task = tokio::spawn(run_session(session, stream, clock, commands, events_tx));
-    let send = |handle: &SessionHandle, payload| {
-        let handle = handle.clone();
-        async move {
-            let m = Message::Extension(ExtensionMessage {
-                name: PAIR_EXTENSION.to_owned(),
-                payload,
-            });
-            handle
-                .send(m, Priority::Control)
-                .await
-                .map_err(|e| PairingFailure::Ended(e.to_string()))
-        }
-    };
-    let mut result = None;
-    let mut pending = Vec::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Established(n) if !n.extensions.iter().any(|e| e == PAIR_EXTENSION) => {
-                // A device that came to sync, not to pair: it is not (or no longer) a member.
-                let _ = handle.close(NOT_A_MEMBER, "this device is not a member of any share here: pair with an access code first").await;
-                result = Some(Err(PairingFailure::Ended(
-                    "the peer came to sync but is not a member".into(),
-                )));
-            }
-            Event::Established(_) => pending.extend(side.start()),
-            Event::Message(Message::Extension(m)) if m.name == PAIR_EXTENSION => {
-                pending.extend(side.receive(&m.payload))
-            }
-            Event::Closed(reason) => {
-                if result.is_none() {
-                    result = Some(Err(PairingFailure::Ended(format!("{reason:?}"))));
-                }
-                break;
-            }
-            _ => {}
-        }
-        while !pending.is_empty() {
-            for output in std::mem::take(&mut pending) {
-                if let Some(done) = S::done(&output) {
-                    result = Some(Ok(done));
-                }
-                match output {
-                    Output::Send(payload) => send(&handle, payload).await?,
-                    Output::Admitted(a) => match side.admitted(&a) {
-                        Ok(outputs) => pending.extend(outputs),
-                        Err(e) => result = Some(Err(e)),
-                    },
-                    Output::Failed(e) => {
-                        result = Some(Err(PairingFailure::Refused(e)));
-                    }
-                    Output::Persist | Output::Joined(_) => {}
-                }
-            }
-        }
-        if result.is_some() {
-            // Everything queued goes out before the close.
-            let _ = handle.close(CloseCode::NORMAL, "pairing finished").await;
-        }
-    }
-    let _ = task.await;
-    result.unwrap_or_else(|| Err(PairingFailure::Ended("no result".into())))
-}
-
-struct JoinSide {
-    joiner: clearskies_proto::pair::Joiner,
-}
-
-impl Side for JoinSide {
-    type Done = Joined;
-    fn start(&mut self) -> Vec<Output> {
-        std::iter::from_fn(|| self.joiner.poll_output()).collect()
-    }
-    fn receive(&mut self, payload: &[u8]) -> Vec<Output> {
-        self.joiner.handle_payload(payload);
-        std::iter::from_fn(|| self.joiner.poll_output()).collect()
-    }
-    fn admitted(&mut self, _: &Admitted) -> Result<Vec<Output>, PairingFailure> {
-        Ok(Vec::new())
-    }
-    fn done(output: &Output) -> Option<Joined> {
-        match output {
-            Output::Joined(j) => Some(j.clone()),
-            _ => None,
-        }
-    }
-}
 
 /// The joiner: dials `addr`, pairs with `code`. Returns the share, access and members.
 pub async fn join(
@@ -206,60 +26,9 @@ pub async fn join(
     key: &DeviceKey,
     code: &AccessCode,
 ) -> Result<Joined, PairingFailure> {
-    let (peer, stream) = tls::connect(addr, key, PeerPolicy::Pairing)
-        .await
-        .map_err(PairingFailure::Io)?;
-    let binding = binding(&stream).map_err(PairingFailure::Io)?;
-    join_stream(stream, binding, peer.public_key, key, code).await
-}
-
-/// The joiner on a connection already made in pairing mode to the device with public key
-/// `peer_key`, whose channel binding is `binding`.
-pub async fn join_stream(
-    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    binding: [u8; 32],
-    peer_key: [u8; 32],
-    key: &DeviceKey,
-    code: &AccessCode,
-) -> Result<Joined, PairingFailure> {
-    let joiner =
-        clearskies_proto::pair::Joiner::new(code, binding, key.public_key(), peer_key, seed());
-    exchange(stream, JoinSide { joiner }, "joiner").await
-}
-
-struct InviteSide<F> {
-    inviter: Inviter,
-    invitations: Arc<Mutex<Invitations>>,
-    members: F,
-}
-
-impl<F: FnMut(&Admitted) -> Vec<Member>> Side for InviteSide<F> {
-    type Done = Admitted;
-    fn start(&mut self) -> Vec<Output> {
-        Vec::new()
-    }
-    fn receive(&mut self, payload: &[u8]) -> Vec<Output> {
-        // A poisoned registry means another pairing panicked; its data is still consistent
-        // (every change is one call), so keep going.
-        let mut invitations = self.invitations.lock().unwrap_or_else(|p| p.into_inner());
-        self.inviter
-            .handle_payload(unix_micros(), &mut invitations, payload);
-        drop(invitations);
-        std::iter::from_fn(|| self.inviter.poll_output()).collect()
-    }
-    fn admitted(&mut self, admitted: &Admitted) -> Result<Vec<Output>, PairingFailure> {
-        let members = (self.members)(admitted);
-        self.inviter
-            .grant(members)
-            .map_err(|e| PairingFailure::Ended(format!("cannot grant: {e:?}")))?;
-        Ok(std::iter::from_fn(|| self.inviter.poll_output()).collect())
-    }
-    fn done(output: &Output) -> Option<Admitted> {
-        match output {
-            Output::Admitted(a) => Some(a.clone()),
-            _ => None,
-        }
-    }
+    let (inviter, stream) = tls::connect(addr, key, PeerPolicy::Pairing).await?;
+    let connection = PairingStream::tls(stream, inviter.public_key)?;
+    join_stream(&Tokio, connection, key, code).await
 }
 
 /// The inviter: pairs a device that connected on `tcp`, checking its code against
@@ -271,18 +40,16 @@ pub async fn admit(
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
 ) -> Result<Admitted, PairingFailure> {
-    let address = tcp
+    // The per-address limit is keyed by the IP alone (a retry comes from a new port).
+    let ip = tcp
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    let server = clearskies_net::server_config(key, PeerPolicy::Pairing);
-    let (peer, stream) = tls::accept(tcp, server).await.map_err(PairingFailure::Io)?;
-    let binding = binding(&stream).map_err(PairingFailure::Io)?;
-    admit_stream(
-        stream,
-        binding,
-        peer.public_key,
-        address.as_bytes(),
+    tcp.set_nodelay(true)?;
+    admit_tcp(
+        &Tokio,
+        tcp.compat(),
+        ip.as_bytes(),
         key,
         invitations,
         members,
@@ -290,27 +57,59 @@ pub async fn admit(
     .await
 }
 
-/// The inviter on a connection already accepted in pairing mode (TLS over TCP, QUIC), whose
-/// channel binding is `binding`, from a device with public key `peer_key` at `address` (an
-/// opaque key for the per-address limit).
+/// The inviter on a TLS connection already accepted in pairing mode, from a device with
+/// public key `peer_key` at `address` (an opaque key for the per-address limit).
 pub async fn admit_stream(
-    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    binding: [u8; 32],
+    stream: TlsStream,
     peer_key: [u8; 32],
     address: &[u8],
     key: &DeviceKey,
     invitations: Arc<Mutex<Invitations>>,
     members: impl FnMut(&Admitted) -> Vec<Member>,
 ) -> Result<Admitted, PairingFailure> {
-    let inviter = Inviter::new(binding, key.public_key(), peer_key, address, seed());
-    exchange(
-        stream,
-        InviteSide {
-            inviter,
-            invitations,
-            members,
-        },
-        "inviter",
-    )
-    .await
+    let connection = PairingStream::tls(stream, peer_key)?;
+    admit_inviter(&Tokio, connection, address, key, invitations, members).await
+}
+
+/// The joiner on any tokio byte stream already connected in pairing mode (a QUIC stream, a
+/// TLS stream adapted to tokio), given its channel binding and the inviter's proven key.
+pub async fn join_on<S>(
+    stream: S,
+    binding: [u8; 32],
+    inviter_key: [u8; 32],
+    key: &DeviceKey,
+    code: &AccessCode,
+) -> Result<Joined, PairingFailure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let connection = PairingStream {
+        stream: stream.compat(),
+        binding,
+        peer_key: inviter_key,
+    };
+    join_stream(&Tokio, connection, key, code).await
+}
+
+/// The inviter on any tokio byte stream already accepted in pairing mode, given its channel
+/// binding, the joiner's proven key and its `address` (an opaque key for the per-address
+/// limit).
+pub async fn admit_on<S>(
+    stream: S,
+    binding: [u8; 32],
+    peer_key: [u8; 32],
+    address: &[u8],
+    key: &DeviceKey,
+    invitations: Arc<Mutex<Invitations>>,
+    members: impl FnMut(&Admitted) -> Vec<Member>,
+) -> Result<Admitted, PairingFailure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let connection = PairingStream {
+        stream: stream.compat(),
+        binding,
+        peer_key,
+    };
+    admit_inviter(&Tokio, connection, address, key, invitations, members).await
 }

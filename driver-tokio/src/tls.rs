@@ -1,17 +1,24 @@
-//! TCP + TLS 1.3 on tokio, with the configuration every driver shares (`clearskies-net`):
-//! raw Ed25519 device keys, mutual authentication, peers judged by a [`PeerPolicy`].
+//! TCP + TLS 1.3 on tokio: tokio's sockets under the TLS of `clearskies_runtime::tls` (the
+//! configuration every driver shares, from `clearskies-net`: raw Ed25519 device keys, mutual
+//! authentication, peers judged by a [`PeerPolicy`]). Only the socket glue is here.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use clearskies_net::{PeerKey, PeerPolicy, describe_handshake_error, established_peer};
+pub use clearskies_net::Purpose;
+use clearskies_net::rustls::ServerConfig;
+use clearskies_net::{PeerKey, PeerPolicy};
 use clearskies_proto::crypto::DeviceKey;
+use clearskies_runtime::tls;
+pub use clearskies_runtime::tls::channel_binding;
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
-/// A TLS stream over TCP, either side.
-pub type TlsStream = tokio_rustls::TlsStream<TcpStream>;
+/// A TLS stream over TCP, either side: a `futures-io` stream (`tokio_util::compat` turns it
+/// into a tokio one if needed; [`NodeHandle::add_connection`](crate::node::NodeHandle::add_connection)
+/// takes it as it is).
+pub type TlsStream = tls::TlsStream<Compat<TcpStream>>;
 
 /// Dials `addr` and runs the TLS handshake as client. Returns the peer's proven key.
 pub async fn connect(
@@ -21,65 +28,22 @@ pub async fn connect(
 ) -> io::Result<(PeerKey, TlsStream)> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let connector = TlsConnector::from(clearskies_net::client_config(key, policy));
-    let tls = connector
-        .connect(clearskies_net::server_name(), tcp)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), describe_handshake_error(&e)))?;
-    let peer = established_peer(tls.get_ref().1)?;
-    Ok((peer, tokio_rustls::TlsStream::Client(tls)))
+    tls::connect(tcp.compat(), key, policy).await
 }
 
 /// Accepts TLS on an accepted TCP stream. Returns the peer's proven key.
-pub async fn accept(
-    tcp: TcpStream,
-    config: Arc<clearskies_net::rustls::ServerConfig>,
-) -> io::Result<(PeerKey, TlsStream)> {
+pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<(PeerKey, TlsStream)> {
     tcp.set_nodelay(true)?;
-    let tls = TlsAcceptor::from(config)
-        .accept(tcp)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), describe_handshake_error(&e)))?;
-    let peer = established_peer(tls.get_ref().1)?;
-    Ok((peer, tokio_rustls::TlsStream::Server(tls)))
+    tls::accept(tcp.compat(), config).await
 }
 
-/// What a connection accepted by [`accept_either`] came for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// A member's session: the peer was judged by the members policy during the handshake.
-    Member,
-    /// A pairing attempt: any key was accepted; the PAKE decides.
-    Pairing,
-}
-
-/// Accepts TLS on one port for both purposes: reads the ClientHello's ALPN first, then runs
-/// the handshake with the members configuration (strangers refused during the handshake) or
-/// the pairing one.
+/// Accepts TLS on one port for both purposes (see `clearskies_runtime::tls::accept_either`):
+/// members are judged by `members` during the handshake, pairing attempts get `pairing`.
 pub async fn accept_either(
     tcp: TcpStream,
-    members: Arc<clearskies_net::rustls::ServerConfig>,
-    pairing: Arc<clearskies_net::rustls::ServerConfig>,
+    members: Arc<ServerConfig>,
+    pairing: Arc<ServerConfig>,
 ) -> io::Result<(Purpose, PeerKey, TlsStream)> {
     tcp.set_nodelay(true)?;
-    let start = tokio_rustls::LazyConfigAcceptor::new(
-        clearskies_net::rustls::server::Acceptor::default(),
-        tcp,
-    )
-    .await?;
-    let wants_pairing = start
-        .client_hello()
-        .alpn()
-        .is_some_and(|mut protocols| protocols.any(|p| p == clearskies_net::PAIRING_ALPN));
-    let (purpose, config) = if wants_pairing {
-        (Purpose::Pairing, pairing)
-    } else {
-        (Purpose::Member, members)
-    };
-    let tls = start
-        .into_stream(config)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), describe_handshake_error(&e)))?;
-    let peer = established_peer(tls.get_ref().1)?;
-    Ok((purpose, peer, tokio_rustls::TlsStream::Server(tls)))
+    tls::accept_either(tcp.compat(), members, pairing).await
 }

@@ -1,7 +1,9 @@
 //! The driver conformance suite (`clearskies_runtime::conformance`) over TCP + TLS 1.3 with
-//! pinned device keys, on real loopback sockets: two devices with redb stores sync both ways
-//! and catch up after a restart, a stranger is refused in the handshake, and a connection cut
-//! mid-transfer is reported and healed by reconnecting.
+//! pinned device keys, on real loopback sockets, on tokio: two devices with redb stores sync
+//! both ways and catch up after a restart, a stranger is refused in the handshake, a
+//! connection cut mid-transfer is reported and healed by reconnecting, a read-only member's
+//! writes are refused, acknowledged writes survive a shutdown, and a device pairs with an
+//! access code and then syncs.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -11,8 +13,8 @@ use clearskies_net::rustls::ServerConfig;
 use clearskies_net::{PeerKey, PeerPolicy};
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_tokio::Tokio;
-use clearskies_tokio::conformance::{self, Cut, Transport};
-use clearskies_tokio::node::TokioIo;
+use clearskies_tokio::conformance::{self, Cut, PairingTransport, Transport};
+use clearskies_tokio::node::FuturesIo;
 use clearskies_tokio::tls::{self, TlsStream};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -21,7 +23,7 @@ struct Tls;
 impl Transport for Tls {
     type Listener = (TcpListener, Arc<ServerConfig>);
     type Runtime = Tokio;
-    type Family = TokioIo;
+    type Family = FuturesIo;
     type Stream = TlsStream;
 
     fn runtime(&self) -> Tokio {
@@ -60,6 +62,12 @@ impl Transport for Tls {
     }
 }
 
+impl PairingTransport for Tls {
+    fn channel_binding(stream: &TlsStream) -> io::Result<[u8; 32]> {
+        tls::channel_binding(stream)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sync_both_ways_and_a_restarted_node_catches_up() {
     conformance::two_nodes_sync_both_ways_and_a_restarted_node_catches_up(&Tls).await;
@@ -78,4 +86,20 @@ async fn a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_streams_the_changes_under_its_prefix() {
     conformance::a_watch_streams_the_changes_under_its_prefix(&Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_member_reads_but_its_writes_are_refused() {
+    conformance::a_read_only_member_reads_but_its_writes_are_refused(&Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart() {
+    conformance::an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart(&Tls)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_pairs_with_an_access_code_then_syncs_as_a_member() {
+    conformance::a_device_pairs_with_an_access_code_then_syncs_as_a_member(&Tls).await;
 }

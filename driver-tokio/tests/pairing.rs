@@ -12,6 +12,7 @@ use clearskies_proto::db::{Access, Member};
 use clearskies_proto::pair::{Admitted, InvitationOptions, Invitations};
 use clearskies_tokio::pairing::{self, PairingFailure, unix_micros};
 use clearskies_tokio::tls;
+use futures_util::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 const SHARE: [u8; 32] = [0x33; 32];
@@ -169,11 +170,17 @@ async fn a_relaying_man_in_the_middle_who_knows_the_code_is_detected() {
     let relay = tokio::spawn(async move {
         let (tcp, _) = mitm.accept().await.unwrap();
         let server_config = clearskies_net::server_config(&attacker, PeerPolicy::Pairing);
-        let (_, mut from_joiner) = tls::accept(tcp, server_config).await.unwrap();
-        let (_, mut to_inviter) = tls::connect(server.addr, &attacker, PeerPolicy::Pairing)
+        let (_, from_joiner) = tls::accept(tcp, server_config).await.unwrap();
+        let (_, to_inviter) = tls::connect(server.addr, &attacker, PeerPolicy::Pairing)
             .await
             .unwrap();
-        let _ = tokio::io::copy_bidirectional(&mut from_joiner, &mut to_inviter).await;
+        let (joiner_in, mut joiner_out) = from_joiner.split();
+        let (inviter_in, mut inviter_out) = to_inviter.split();
+        let _ = futures_util::future::join(
+            futures_util::io::copy(joiner_in, &mut inviter_out),
+            futures_util::io::copy(inviter_in, &mut joiner_out),
+        )
+        .await;
     });
     let err = pairing::join(mitm_addr, &key(2), &code).await.unwrap_err();
     assert_eq!(err.code(), Some("wrong-secret"), "{err}");

@@ -174,3 +174,9 @@ impl std::error::Error for HandshakeFailure {}
 pub fn describe_handshake_error(err: &io::Error) -> String {
     HandshakeFailure::from_io(err).to_string()
 }
+
+/// An error from a ClearSkies TLS stream's handshake, of the same kind, with the message of
+/// [`describe_handshake_error`]: what every driver's `connect` and `accept` return.
+pub fn handshake_error(err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), describe_handshake_error(&err))
+}

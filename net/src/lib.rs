@@ -59,7 +59,7 @@ use rustls::pki_types::ServerName;
 use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, CommonState, HandshakeKind, ProtocolVersion, ServerConfig};
 
-pub use failure::{HandshakeFailure, describe_handshake_error};
+pub use failure::{HandshakeFailure, describe_handshake_error, handshake_error};
 pub use keys::{PeerKey, SPKI_LEN, SPKI_PREFIX, public_key_from_spki, spki};
 pub use policy::{KeyPolicy, KeyRefused, PeerPolicy};
 /// The rustls this crate configures, for drivers to name its types without pinning their own.
@@ -153,6 +153,42 @@ pub fn peer_device(conn: &CommonState) -> Option<PeerKey> {
         return None;
     }
     PeerKey::from_certificates(conn.peer_certificates()?)
+}
+
+/// What a connection accepted on a device's one port came for, read from its ClientHello's
+/// ALPN before the handshake goes on (`accept_either` in the TCP drivers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A member's session: the peer is judged by the members policy during the handshake.
+    Member,
+    /// A pairing attempt ([`PAIRING_ALPN`]): any key is accepted; the PAKE decides.
+    Pairing,
+}
+
+impl Purpose {
+    /// The purpose a ClientHello asks for: pairing if it offers [`PAIRING_ALPN`].
+    pub fn of(hello: &rustls::server::ClientHello<'_>) -> Purpose {
+        if hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == PAIRING_ALPN))
+        {
+            Purpose::Pairing
+        } else {
+            Purpose::Member
+        }
+    }
+
+    /// Which of the two server configurations the handshake goes on with.
+    pub fn config(
+        self,
+        members: Arc<ServerConfig>,
+        pairing: Arc<ServerConfig>,
+    ) -> Arc<ServerConfig> {
+        match self {
+            Purpose::Member => members,
+            Purpose::Pairing => pairing,
+        }
+    }
 }
 
 /// Why a finished TLS connection is not a ClearSkies connection.

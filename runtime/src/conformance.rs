@@ -5,8 +5,21 @@
 //!
 //! Built only with the `conformance` feature, which driver crates enable for their tests.
 //!
-//! Devices: device 1 ("A") listens, device 2 ("B") dials; both are read-write members of one
-//! share. Device 3 is a stranger.
+//! Devices: device 1 ("A") listens, device 2 ("B") dials; both are members of one share,
+//! read-write unless a scenario says otherwise. Device 3 is a stranger, or pairs in.
+//!
+//! The scenarios, each a function generic over the transport:
+//!
+//! * replicate the database both ways, live and after a restart:
+//!   [`two_nodes_sync_both_ways_and_a_restarted_node_catches_up`];
+//! * refuse an unknown device: [`a_device_that_is_not_a_member_is_refused_in_the_handshake`];
+//! * survive a dropped connection mid-transfer:
+//!   [`a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting`];
+//! * enforce read-only: [`a_read_only_member_reads_but_its_writes_are_refused`];
+//! * shut down without losing an acknowledged write:
+//!   [`an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart`];
+//! * pair (transports that implement [`PairingTransport`]):
+//!   [`a_device_pairs_with_an_access_code_then_syncs_as_a_member`].
 
 use std::collections::BTreeMap;
 use std::io;
@@ -100,8 +113,19 @@ struct Device {
     task: Task<()>,
 }
 
-/// Starts device `n` on `runtime` with its store in `dir` (reopened if it exists).
+/// Starts device `n` on `runtime` with its store in `dir` (reopened if it exists), both devices
+/// read-write members.
 async fn start<R: Runtime>(runtime: &R, n: u8, dir: &std::path::Path) -> Device {
+    start_with(runtime, n, dir, members()).await
+}
+
+/// [`start`] with the share's member list as device `n` knows it.
+async fn start_with<R: Runtime>(
+    runtime: &R,
+    n: u8,
+    dir: &std::path::Path,
+    members: BTreeMap<DeviceId, Member>,
+) -> Device {
     let clock = MonotonicClock::new();
     let config = SessionConfig {
         device_name: format!("device-{n}"),
@@ -111,7 +135,7 @@ async fn start<R: Runtime>(runtime: &R, n: u8, dir: &std::path::Path) -> Device 
     let (handle, events, task) = spawn_node(runtime.clone(), node, clock);
     let store = ReplicaStore::open(&dir.join(format!("replica-{n}.redb"))).expect("open store");
     handle
-        .open_share(SHARE, members(), store)
+        .open_share(SHARE, members, store)
         .await
         .expect("open share");
     Device {
@@ -131,13 +155,23 @@ impl Device {
 /// Connects A (device 1, listening) and B (device 2, dialling), each pinning the other's key,
 /// and hands each end to its node. Returns the cut of A's end.
 async fn connect<T: Transport>(transport: &T, a: &NodeHandle, b: &NodeHandle) -> Cut {
+    connect_device(transport, a, b, 2).await
+}
+
+/// [`connect`] with device `b` dialling instead of device 2.
+async fn connect_device<T: Transport>(
+    transport: &T,
+    a: &NodeHandle,
+    b: &NodeHandle,
+    b_n: u8,
+) -> Cut {
     let listener = transport
-        .listen(&key(1), PeerPolicy::pinned([key(2).device_id()]))
+        .listen(&key(1), PeerPolicy::pinned([key(b_n).device_id()]))
         .await;
     let addr = T::addr(&listener);
     let accepting = async {
         let (peer, stream, cut) = transport.accept(&listener).await.expect("A accepts B");
-        assert_eq!(peer.device_id, key(2).device_id());
+        assert_eq!(peer.device_id, key(b_n).device_id());
         a.add_connection::<T::Family>(peer.device_id, stream)
             .await
             .expect("A running");
@@ -145,7 +179,7 @@ async fn connect<T: Transport>(transport: &T, a: &NodeHandle, b: &NodeHandle) ->
     };
     let dialing = async {
         let (peer, stream) = transport
-            .dial(&key(2), PeerPolicy::pinned([key(1).device_id()]), addr)
+            .dial(&key(b_n), PeerPolicy::pinned([key(1).device_id()]), addr)
             .await
             .expect("B dials A");
         assert_eq!(peer.device_id, key(1).device_id());
@@ -160,7 +194,7 @@ async fn connect<T: Transport>(transport: &T, a: &NodeHandle, b: &NodeHandle) ->
 async fn wait_for<R: Runtime>(
     runtime: &R,
     events: &mut mpsc::Receiver<Event>,
-    what: impl Fn(&Event) -> bool,
+    mut what: impl FnMut(&Event) -> bool,
 ) {
     crate::timeout(runtime, PATIENCE, async {
         while let Some(e) = events.recv().await {
@@ -442,4 +476,260 @@ pub async fn a_watch_streams_the_changes_under_its_prefix<T: Transport>(transpor
         ["notes/from-a", "notes/from-b"],
         "only keys under the prefix"
     );
+}
+
+/// Writes started in [`an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart`].
+const WRITES_AROUND_SHUTDOWN: usize = 200;
+
+/// A writes a stream of documents and shuts down while writes are still in flight. Every write
+/// that was acknowledged (its `put` returned a dot) is in A's store when A restarts, and reaches
+/// B once they connect; a write that was not acknowledged may or may not be there.
+pub async fn an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart<
+    T: Transport,
+>(
+    transport: &T,
+) {
+    let rt = transport.runtime();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let a = start(&rt, 1, dir.path()).await;
+    let mut writes = Vec::new();
+    for i in 0..WRITES_AROUND_SHUTDOWN {
+        let a = a.handle.clone();
+        writes.push(crate::spawn_task(&rt, async move {
+            let value = Bytes::from(vec![0x40 + (i % 20) as u8; 64]);
+            a.put(SHARE, &format!("durable/{i:04}"), value)
+                .await
+                .is_ok()
+        }));
+    }
+    // Shut down once some writes are acknowledged and others are still queued.
+    let first = writes.remove(0).await.expect("write task");
+    assert!(first, "the first write is acknowledged");
+    a.stop().await;
+    let mut acknowledged = vec![0];
+    for (i, write) in writes.into_iter().enumerate() {
+        if write.await.expect("write task") {
+            acknowledged.push(i + 1);
+        }
+    }
+
+    let a = start(&rt, 1, dir.path()).await;
+    let on_a = a
+        .handle
+        .list(SHARE, "durable/")
+        .await
+        .expect("node running");
+    let mut b = start(&rt, 2, dir.path()).await;
+    let _ = connect(transport, &a.handle, &b.handle).await;
+    let expected_b = on_a.len();
+    crate::timeout(&rt, PATIENCE, async {
+        while b
+            .handle
+            .list(SHARE, "durable/")
+            .await
+            .expect("node running")
+            .len()
+            < expected_b
+        {
+            let _ = b.events.recv().await;
+        }
+    })
+    .await
+    .expect("B gets A's writes in time");
+    for i in acknowledged {
+        let key = format!("durable/{i:04}");
+        let want = Some(vec![0x40 + (i % 20) as u8; 64]);
+        assert_eq!(
+            value(&a.handle, &key).await,
+            want,
+            "acknowledged {key} lost on A"
+        );
+        assert_eq!(
+            value(&b.handle, &key).await,
+            want,
+            "acknowledged {key} not on B"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Device 2 is a read-only member. A device 2 that still believes it may write (a stale member
+/// list) writes; device 1 refuses its records with `read-only-writer`, both sides report the
+/// refusal, and device 1's writes still reach it. Restarted with the right list, device 2
+/// refuses its own writes.
+pub async fn a_read_only_member_reads_but_its_writes_are_refused<T: Transport>(transport: &T) {
+    let rt = transport.runtime();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut read_only = members();
+    if let Some(m) = read_only.get_mut(&key(2).device_id()) {
+        m.access = Access::ReadOnly;
+    }
+    let mut a = start_with(&rt, 1, dir.path(), read_only.clone()).await;
+    // B's list is stale: it thinks it may still write.
+    let mut b = start(&rt, 2, dir.path()).await;
+    a.handle
+        .put(SHARE, "from-a", Bytes::from_static(b"\x61a"))
+        .await
+        .expect("A writes");
+    b.handle
+        .put(SHARE, "from-b", Bytes::from_static(b"\x61b"))
+        .await
+        .expect("B writes locally");
+    let _ = connect(transport, &a.handle, &b.handle).await;
+    let (a_id, b_id) = (key(1).device_id(), key(2).device_id());
+    wait_for(&rt, &mut a.events, |e| {
+        matches!(e, Event::Db { event: db::Event::Refused { peer, key, error, by_peer: false }, .. }
+            if *peer == b_id && key == "from-b" && error == "read-only-writer")
+    })
+    .await;
+    // B hears both A's write and A's refusal of its own, in either order.
+    let (mut got_a, mut refused) = (false, false);
+    wait_for(&rt, &mut b.events, |e| {
+        got_a |= changed("from-a")(e);
+        refused |= matches!(e, Event::Db { event: db::Event::Refused { peer, key, by_peer: true, .. }, .. }
+            if *peer == a_id && key == "from-b");
+        got_a && refused
+    })
+    .await;
+    assert_eq!(
+        value(&a.handle, "from-b").await,
+        None,
+        "A took a read-only write"
+    );
+    assert_eq!(value(&b.handle, "from-a").await, Some(b"\x61a".to_vec()));
+    b.stop().await;
+
+    let b = start_with(&rt, 2, dir.path(), read_only).await;
+    let refused = b
+        .handle
+        .put(SHARE, "again", Bytes::from_static(b"\x61c"))
+        .await;
+    assert!(
+        matches!(refused, Err(crate::node::NodeError::Refused(_))),
+        "a read-only member's own write must be refused: {refused:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A transport whose connections can carry pairing: both ends export the same channel binding.
+pub trait PairingTransport: Transport {
+    /// The channel binding of a connection (`spec/transport.md` § 8).
+    fn channel_binding(stream: &Self::Stream) -> io::Result<[u8; 32]>;
+}
+
+/// Device 3 pairs with device 1 using an access code over a pairing-mode connection (any key
+/// accepted, the PAKE decides); then it connects as a member with the member list it was
+/// granted, and the two sync both ways. A wrong code on a second attempt is refused on both
+/// sides.
+pub async fn a_device_pairs_with_an_access_code_then_syncs_as_a_member<T: PairingTransport>(
+    transport: &T,
+) {
+    use crate::pairing::{PairingStream, admit_stream, join_stream};
+    use clearskies_proto::code::AccessCode;
+    use clearskies_proto::pair::{InvitationOptions, Invitations};
+    use std::sync::{Arc, Mutex};
+
+    let rt = transport.runtime();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut a = start(&rt, 1, dir.path()).await;
+    a.handle
+        .put(SHARE, "before-pairing", Bytes::from_static(b"\x61a"))
+        .await
+        .expect("A writes");
+    let mut registry = Invitations::new();
+    let code = registry
+        .create(
+            crate::unix_micros(),
+            [0x5c; 16],
+            SHARE,
+            InvitationOptions::default(),
+        )
+        .expect("an invitation");
+    let invitations = Arc::new(Mutex::new(registry));
+
+    let pair = |code: AccessCode| {
+        let (rt, invitations) = (rt.clone(), invitations.clone());
+        async move {
+            let listener = transport.listen(&key(1), PeerPolicy::Pairing).await;
+            let addr = T::addr(&listener);
+            let admitting = async {
+                let (peer, stream, _cut) = transport.accept(&listener).await?;
+                let connection = PairingStream {
+                    binding: T::channel_binding(&stream)?,
+                    stream: IntoStream::<T::Family>::into_stream(stream),
+                    peer_key: peer.public_key,
+                };
+                let granted = |admitted: &clearskies_proto::pair::Admitted| {
+                    let mut granted: Vec<Member> = members().into_values().collect();
+                    granted.push(Member {
+                        public_key: admitted.public_key,
+                        access: admitted.access,
+                    });
+                    granted
+                };
+                admit_stream(&rt, connection, b"loopback", &key(1), invitations, granted).await
+            };
+            let joining = async {
+                let (peer, stream) = transport.dial(&key(3), PeerPolicy::Pairing, addr).await?;
+                let connection = PairingStream {
+                    binding: T::channel_binding(&stream)?,
+                    stream: IntoStream::<T::Family>::into_stream(stream),
+                    peer_key: peer.public_key,
+                };
+                join_stream(&rt, connection, &key(3), &code).await
+            };
+            crate::timeout(&rt, PATIENCE, async { tokio::join!(admitting, joining) })
+                .await
+                .expect("pairing in time")
+        }
+    };
+
+    // A wrong secret (same locator) fails on both sides, and admits nobody.
+    let mut wrong = code.to_bytes();
+    wrong[15] ^= 1;
+    let (admitted, joined) = pair(AccessCode::from_bytes(wrong)).await;
+    let (admitted, joined) = (
+        admitted.expect_err("wrong code"),
+        joined.expect_err("wrong code"),
+    );
+    assert_eq!(admitted.code(), Some("wrong-secret"), "{admitted}");
+    assert_eq!(joined.code(), Some("wrong-secret"), "{joined}");
+
+    let (admitted, joined) = pair(code).await;
+    let admitted = admitted.expect("A admits device 3");
+    let joined = joined.expect("device 3 joins");
+    assert_eq!(admitted.public_key, key(3).public_key());
+    assert_eq!(joined.share_id, SHARE);
+    assert_eq!(joined.inviter_public_key, key(1).public_key());
+
+    // Both record the membership, then device 3 connects as a member and syncs.
+    a.handle
+        .add_member(
+            SHARE,
+            Member {
+                public_key: admitted.public_key,
+                access: admitted.access,
+            },
+        )
+        .await
+        .expect("A running");
+    let granted: BTreeMap<DeviceId, Member> = joined
+        .members
+        .iter()
+        .map(|m| (DeviceId::from_public_key(&m.public_key), m.clone()))
+        .collect();
+    assert!(granted.contains_key(&key(3).device_id()));
+    let mut c = start_with(&rt, 3, dir.path(), granted).await;
+    let _ = connect_device(transport, &a.handle, &c.handle, 3).await;
+    wait_for(&rt, &mut c.events, changed("before-pairing")).await;
+    c.handle
+        .put(SHARE, "from-c", Bytes::from_static(b"\x61c"))
+        .await
+        .expect("C writes");
+    wait_for(&rt, &mut a.events, changed("from-c")).await;
+    assert_eq!(value(&a.handle, "from-c").await, Some(b"\x61c".to_vec()));
+    a.stop().await;
+    c.stop().await;
 }

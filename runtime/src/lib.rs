@@ -27,6 +27,9 @@
 pub mod conformance;
 pub mod folder;
 pub mod node;
+pub mod pairing;
+pub mod session;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
