@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clearskies_proto::db::{Record, ShareId};
+use clearskies_proto::files::{FileKind, FileMeta};
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::wire::codec;
+use clearskies_tokio::folder::FolderHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,6 +64,21 @@ pub enum Request {
     },
     /// A member was removed from a share's configuration: apply it now.
     RemoveMember { path: PathBuf, device: String },
+    /// A share's paths under a prefix with their state here.
+    Ls { share: PathBuf, path: String },
+    /// Bytes `start ..= end` of a file: `Data` frames, then `Done`.
+    Cat {
+        share: PathBuf,
+        path: String,
+        start: u64,
+        end: u64,
+    },
+    /// Pin (or unpin) a path of a shallow replica.
+    Pin {
+        share: PathBuf,
+        path: String,
+        pin: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -81,6 +98,10 @@ pub enum Response {
     Change { key: String, siblings: Vec<Record> },
     /// An access code.
     Code(String),
+    /// `ls` rows: path, kind, size, state, cached chunks, chunks.
+    Listing(Vec<(String, String, u64, String, u64, u64)>),
+    /// Some bytes of a `cat`.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 fn write_frame(w: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
@@ -193,6 +214,18 @@ async fn connection(device: Arc<Device>, mut stream: tokio::net::UnixStream) {
         if let Request::Watch { share, prefix } = request {
             return watch(&device, stream, share, prefix).await;
         }
+        if let Request::Cat {
+            share,
+            path,
+            start,
+            end,
+        } = request
+        {
+            if let Err(f) = cat(&device, &mut stream, &share, &path, start, end).await {
+                send(&mut stream, &failed(f)).await;
+            }
+            continue;
+        }
         let response = answer(&device, request).await.unwrap_or_else(failed);
         if !send(&mut stream, &response).await {
             return;
@@ -266,7 +299,41 @@ async fn answer(device: &Device, request: Request) -> Result<Response, Failure> 
             result.map_err(|e| Failure::usage(&e.to_string()))?;
             Response::Done
         }
-        Request::Watch { .. } => Response::Done,
+        Request::Watch { .. } | Request::Cat { .. } => Response::Done,
+        Request::Ls { share, path } => {
+            let folder = folder_of(device, &share)?;
+            let rows = folder
+                .list(&path)
+                .await
+                .into_iter()
+                .map(|l| {
+                    let kind = match l.kind {
+                        FileKind::File => "file",
+                        FileKind::Dir => "dir",
+                        FileKind::Symlink => "symlink",
+                    };
+                    (
+                        l.path,
+                        kind.to_owned(),
+                        l.size,
+                        l.state.to_owned(),
+                        l.cached.0 as u64,
+                        l.cached.1 as u64,
+                    )
+                })
+                .collect();
+            Response::Listing(rows)
+        }
+        Request::Pin { share, path, pin } => {
+            let mut file = device.home.find_share(Some(&share))?;
+            file.pinned.retain(|p| *p != path);
+            if pin {
+                file.pinned.push(path.clone());
+            }
+            device.home.save_share(&file)?;
+            folder_of(device, &share)?.pin(&path, pin).await;
+            Response::Done
+        }
         Request::OpenShare { path } => {
             let share = device.home.find_share(Some(&path))?;
             device.open_new_share(&share).await?;
@@ -310,6 +377,50 @@ async fn answer(device: &Device, request: Request) -> Result<Response, Failure> 
             Response::Done
         }
     })
+}
+
+fn folder_of(device: &Device, share: &Path) -> Result<FolderHandle, Failure> {
+    let share = device.home.find_share(Some(share))?;
+    device
+        .folder_handles()
+        .into_iter()
+        .find(|(p, _)| *p == share.path)
+        .map(|(_, f)| f)
+        .ok_or_else(|| Failure::not_found("the share is not open in the daemon"))
+}
+
+/// Streams bytes `start ..= end` of `path` as `Data` frames, then `Done`.
+async fn cat(
+    device: &Device,
+    stream: &mut tokio::net::UnixStream,
+    share: &Path,
+    path: &str,
+    start: u64,
+    end: u64,
+) -> Result<(), Failure> {
+    let folder = folder_of(device, share)?;
+    let id = device.home.find_share(Some(share))?.share_id()?;
+    let entry = device
+        .node
+        .get(id, &clearskies_proto::files::key_of(path))
+        .await
+        .map_err(|e| Failure::not_found(&e.to_string()))?;
+    let meta = entry
+        .and_then(|e| e.winner().value.clone())
+        .ok_or_else(|| Failure::not_found(&format!("no file {path:?} in the share")))?;
+    let meta = FileMeta::decode(&meta).map_err(|e| Failure::corrupt(path, &e.to_string()))?;
+    if meta.kind != FileKind::File {
+        return Err(Failure::usage(&format!("{path:?} is not a file")));
+    }
+    let mut reader = folder.read_range(&meta, start, end);
+    while let Some(bytes) = reader.next().await {
+        let bytes = bytes.map_err(|e| Failure::not_found(&format!("{path}: {e}")))?;
+        if !send(stream, &Response::Data(bytes.to_vec())).await {
+            return Ok(());
+        }
+    }
+    send(stream, &Response::Done).await;
+    Ok(())
 }
 
 /// The status document: this device, its shares with their folders' progress, its peers.

@@ -20,7 +20,7 @@ use clearskies_proto::wire::CloseCode;
 use clearskies_store::ReplicaStore;
 use clearskies_tokio::MonotonicClock;
 use clearskies_tokio::discovery::{DiscoveryHandle, LanConfig, UDP_PORT, spawn_discovery};
-use clearskies_tokio::folder::{FolderConfig, FolderHandle, spawn_folder};
+use clearskies_tokio::folder::{FolderConfig, FolderHandle, Shallow, spawn_folder};
 use clearskies_tokio::node::{NodeHandle, spawn_node};
 use clearskies_tokio::pairing;
 use clearskies_tokio::tls::Purpose;
@@ -107,6 +107,13 @@ pub(crate) async fn open_share(
         index: dir.join("folder.redb"),
         versions: dir.join("versions.redb"),
         rescan,
+        shallow: share.shallow.then(|| Shallow {
+            cache: dir.join("cache"),
+            cache_size: share
+                .cache_size
+                .unwrap_or(clearskies_store::cache::DEFAULT_CACHE_SIZE),
+            pinned: share.pinned.clone(),
+        }),
     };
     let folder = spawn_folder(node.clone(), key.device_id(), config)
         .await
@@ -818,6 +825,8 @@ pub fn join(
     path: &Path,
     peer: Option<String>,
     transport: Option<String>,
+    // `Some(cache size)` for a shallow replica.
+    shallow: Option<Option<u64>>,
 ) -> Result<std::path::PathBuf, Failure> {
     let key = home.key()?;
     let config = home.config()?;
@@ -852,6 +861,9 @@ pub fn join(
                 access: crate::access_text(m.access).to_owned(),
             })
             .collect(),
+        shallow: shallow.is_some(),
+        pinned: Vec::new(),
+        cache_size: shallow.flatten(),
     };
     home.save_share(&share)?;
     ReplicaStore::open(&home.share_dir(&share).join("replica.redb")).map_err(store_failure)?;

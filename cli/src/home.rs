@@ -65,6 +65,15 @@ pub struct ShareFile {
     pub path: PathBuf,
     /// Members: public key (hex) and access.
     pub members: Vec<MemberFile>,
+    /// A shallow replica (joined with `--shallow`): every record, content on demand.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shallow: bool,
+    /// A shallow replica's pinned paths, kept fully local.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<String>,
+    /// A shallow replica's cache limit in bytes (default 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_size: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -262,6 +271,9 @@ impl Home {
                 public_key: hex::encode(key.public_key()),
                 access: access_name(Access::ReadWrite).into(),
             }],
+            shallow: false,
+            pinned: Vec::new(),
+            cache_size: None,
         };
         let dir = self.share_dir(&share);
         fs::create_dir_all(&dir).map_err(|e| Failure::io(&dir, e))?;
@@ -402,7 +414,11 @@ impl Home {
 
     /// Writes a file atomically: temp file, fsync, rename.
     fn write_bytes(&self, path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-        let tmp = path.with_extension("tmp");
+        // A temp name of its own per write: two writers of one file (a daemon's tasks, a
+        // command beside the daemon) never rename each other's temp file away.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
         let mut file = create_private(&tmp)?;
         file.write_all(bytes)
             .and_then(|()| file.sync_all())

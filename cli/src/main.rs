@@ -12,6 +12,7 @@ mod demo;
 mod home;
 mod peers;
 mod progress;
+mod shallow;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -71,8 +72,12 @@ enum Command {
     Join {
         code: String,
         path: PathBuf,
+        /// A shallow replica: every record, content fetched on demand (`cat`, `pin`).
         #[arg(long)]
         shallow: bool,
+        /// A shallow replica's cache limit: bytes, or with a unit (`512M`, `2G`).
+        #[arg(long)]
+        cache_size: Option<String>,
         #[arg(long)]
         peer: Vec<String>,
         /// `quic` or `tcp` only (default: both, QUIC preferred).
@@ -120,6 +125,35 @@ enum Command {
     /// Two devices on this machine, in a temporary directory, keep a folder in sync while
     /// the demo edits it.
     Demo,
+    /// The share's tree with each entry's state (local / pinned / cached / remote).
+    Ls {
+        /// A path relative to the share root (default: everything).
+        path: Option<String>,
+        #[arg(long)]
+        share: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A file's bytes on stdout, fetched on demand (`--range START-END`, inclusive).
+    Cat {
+        path: String,
+        #[arg(long)]
+        range: Option<String>,
+        #[arg(long)]
+        share: Option<PathBuf>,
+    },
+    /// Keep a file or folder of a shallow replica fully local.
+    Pin {
+        path: String,
+        #[arg(long)]
+        share: Option<PathBuf>,
+    },
+    /// Let a pinned file or folder go back to remote.
+    Unpin {
+        path: String,
+        #[arg(long)]
+        share: Option<PathBuf>,
+    },
     /// Show shares, peers and progress (not yet).
     Status {
         #[arg(long)]
@@ -187,14 +221,6 @@ impl Failure {
         Failure {
             message: format!("{what} is unreadable: {detail}"),
             code: 1,
-        }
-    }
-    fn not_yet(what: &str) -> Failure {
-        Failure {
-            message: format!(
-                "`{what}` is not available in this build yet (it needs pairing, the daemon or folder sync, which are still being built)"
-            ),
-            code: 2,
         }
     }
 }
@@ -293,14 +319,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             path,
             peer,
             shallow,
+            cache_size,
             transport,
         } => {
             // A typo is caught locally, before any network use.
             let code = AccessCode::parse(&code).map_err(|e| Failure::usage(&e.to_string()))?;
-            if shallow {
-                return Err(Failure::not_yet("join --shallow"));
+            let cache_size = cache_size.as_deref().map(parse_size).transpose()?;
+            if cache_size.is_some() && !shallow {
+                return Err(Failure::usage("--cache-size goes with --shallow"));
             }
-            let joined = daemon::join(&home, &code, &path, peer.into_iter().next(), transport)?;
+            let joined = daemon::join(
+                &home,
+                &code,
+                &path,
+                peer.into_iter().next(),
+                transport,
+                shallow.then_some(cache_size),
+            )?;
             tell_daemon_to_open(&home, &joined)?;
         }
         Command::Shares { json } => {
@@ -398,6 +433,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Status { json } => status(&home, json)?,
         Command::Demo => demo::demo()?,
+        Command::Ls { path, share, json } => shallow::ls(&home, share.as_deref(), path, json)?,
+        Command::Cat { path, range, share } => shallow::cat(&home, share.as_deref(), &path, range)?,
+        Command::Pin { path, share } => shallow::pin(&home, share.as_deref(), &path, true)?,
+        Command::Unpin { path, share } => shallow::pin(&home, share.as_deref(), &path, false)?,
         Command::Db { share, op } => db(&home, share.as_deref(), op)?,
     }
     Ok(())
@@ -408,6 +447,28 @@ pub(crate) fn access_text(a: clearskies_proto::db::Access) -> &'static str {
         clearskies_proto::db::Access::ReadWrite => "read-write",
         clearskies_proto::db::Access::ReadOnly => "read-only",
     }
+}
+
+/// `1048576`, `512K`, `64M`, `2G`.
+fn parse_size(text: &str) -> Result<u64, Failure> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| Failure::usage(&format!("{text:?} is not a size like 512M or 2G")))?;
+    let factor: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => {
+            return Err(Failure::usage(&format!(
+                "{text:?}: the unit is one of K, M, G"
+            )));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| Failure::usage(&format!("{text:?} is too large")))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, Failure> {
@@ -495,7 +556,7 @@ fn invite(
     Ok(code)
 }
 
-fn unexpected(r: &control::Response) -> Failure {
+pub(crate) fn unexpected(r: &control::Response) -> Failure {
     Failure::not_found(&format!("the daemon answered something unexpected: {r:?}"))
 }
 

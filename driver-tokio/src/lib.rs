@@ -50,7 +50,9 @@ pub mod folder {
     //! A folder share on tokio: `clearskies_runtime::folder` run with tokio's spawn and timers.
 
     use clearskies_proto::identity::DeviceId;
-    pub use clearskies_runtime::folder::{DEBOUNCE, FolderConfig, FolderHandle, FolderStatus};
+    pub use clearskies_runtime::folder::{
+        DEBOUNCE, FolderConfig, FolderHandle, FolderStatus, Listed, RangeReader, Shallow,
+    };
 
     use crate::Tokio;
     use crate::node::NodeHandle;

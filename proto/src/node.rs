@@ -376,6 +376,16 @@ impl Node {
     /// it; it arrives as [`Event::Chunk`]. See [`Fetcher`].
     pub fn want_chunk(&mut self, share: ShareId, hash: Hash, len: u32) {
         self.fetcher.want(share, hash, len);
+        // With no member of the share connected, say so at once (the want stays: it is
+        // fetched when one connects).
+        let reachable = self
+            .shares
+            .get(&share)
+            .is_some_and(|r| self.current.keys().any(|p| r.is_member(p)));
+        if !reachable {
+            self.outputs
+                .push_back(Output::Event(Event::ChunkStalled { share, hash }));
+        }
     }
 
     /// No longer wants a chunk.

@@ -7,7 +7,7 @@
 //! records written after the version the disk held; records from peers become files on disk,
 //! their missing chunks fetched through the node; conflicts keep both versions.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,8 @@ use clearskies_proto::files::plan::{Local, Plan, plan};
 use clearskies_proto::files::{self, FileKind, FileMeta, Hash, path as share_path};
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::node::Event;
-use clearskies_store::Versions;
 use clearskies_store::folder::{Folder, FolderError, LocalChange, Staging};
+use clearskies_store::{ChunkCache, Versions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::node::{ChunkRead, ChunkReads, FolderLink, NodeHandle};
@@ -37,6 +37,41 @@ pub struct FolderConfig {
     pub versions: PathBuf,
     /// The shortest interval between rescans; it grows with the cost of a scan.
     pub rescan: Duration,
+    /// A shallow replica: every record, but content only for pinned paths (and what was
+    /// written here); the rest is read on demand through a cache.
+    pub shallow: Option<Shallow>,
+}
+
+/// How a shallow replica keeps what it reads.
+#[derive(Debug, Clone)]
+pub struct Shallow {
+    /// The chunk cache's folder (under the tool's home).
+    pub cache: PathBuf,
+    /// The cache's size limit in bytes.
+    pub cache_size: u64,
+    /// Paths (files or folders) kept fully local.
+    pub pinned: Vec<String>,
+}
+
+/// How long a reader waits for a chunk no peer delivers.
+pub const CHUNK_WAIT: Duration = Duration::from_secs(20);
+
+/// Chunks a [`RangeReader`] asks for ahead of the one it returns.
+pub const READ_AHEAD: usize = 4;
+
+/// A path's state in a shallow replica's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The share path.
+    pub path: String,
+    /// What it is.
+    pub kind: FileKind,
+    /// Its size.
+    pub size: u64,
+    /// `local`, `pinned`, `cached` (some chunks in the cache) or `remote`.
+    pub state: &'static str,
+    /// For `cached`: chunks in the cache, of how many.
+    pub cached: (usize, usize),
 }
 
 /// What a folder is doing, for `status` and `sync --once`.
@@ -89,9 +124,87 @@ impl FolderHandle {
         }
     }
 
+    /// Reads bytes `start ..= end` of `meta`'s content, chunk by chunk, from disk, the cache
+    /// or peers (a shallow replica's `cat`).
+    pub fn read_range(&self, meta: &FileMeta, start: u64, end: u64) -> RangeReader {
+        RangeReader {
+            commands: self.commands.clone(),
+            plan: clearskies_proto::files::range::pieces(meta, start, end).into(),
+            inflight: VecDeque::new(),
+        }
+    }
+
+    /// Pins (`true`) or unpins a path of a shallow replica (see [`Shallow`]).
+    pub async fn pin(&self, path: &str, pin: bool) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Pin(path.to_owned(), pin, reply))
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+    }
+
+    /// The paths under `prefix` with their state here.
+    pub async fn list(&self, prefix: &str) -> Vec<Listed> {
+        let (reply, rows) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::List(prefix.to_owned(), reply))
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rows.await.unwrap_or_default()
+    }
+
     /// Stops the folder's task and thread.
     pub fn stop(&self) {
         let _ = self.commands.send(Command::Stop);
+    }
+}
+
+/// The bytes of a range, in order, a chunk's worth at a time ([`FolderHandle::read_range`]).
+/// Asks for [`READ_AHEAD`] chunks ahead, so memory stays bounded whatever the range.
+#[derive(Debug)]
+pub struct RangeReader {
+    commands: mpsc::UnboundedSender<Command>,
+    plan: VecDeque<clearskies_proto::files::range::Piece>,
+    inflight: VecDeque<(
+        oneshot::Receiver<Result<Bytes, String>>,
+        clearskies_proto::files::range::Piece,
+    )>,
+}
+
+impl RangeReader {
+    /// The next bytes of the range; `None` at its end. An error says why a chunk could not be
+    /// had (no peer holds it); reading may be tried again later.
+    pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        while self.inflight.len() < READ_AHEAD {
+            let Some(piece) = self.plan.pop_front() else {
+                break;
+            };
+            let (reply, answer) = oneshot::channel();
+            let ask = Command::Chunk {
+                hash: piece.hash,
+                len: piece.len,
+                reply,
+            };
+            if self.commands.send(ask).is_err() {
+                return Some(Err("the folder has stopped".into()));
+            }
+            self.inflight.push_back((answer, piece));
+        }
+        let (answer, piece) = self.inflight.pop_front()?;
+        Some(match answer.await {
+            Ok(Ok(chunk)) if chunk.len() >= piece.to as usize => {
+                Ok(chunk.slice(piece.from as usize..piece.to as usize))
+            }
+            Ok(Ok(_)) => Err("a chunk shorter than its record says".into()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the folder has stopped".into()),
+        })
     }
 }
 
@@ -125,6 +238,13 @@ fn watch(
 
 enum Command {
     Rescan(Option<oneshot::Sender<()>>),
+    Chunk {
+        hash: Hash,
+        len: u32,
+        reply: oneshot::Sender<Result<Bytes, String>>,
+    },
+    Pin(String, bool, oneshot::Sender<()>),
+    List(String, oneshot::Sender<Vec<Listed>>),
     Stop,
 }
 
@@ -135,6 +255,7 @@ struct State {
     folder: Folder,
     versions: Versions,
     stagings: BTreeMap<String, Staging>,
+    cache: Option<ChunkCache>,
 }
 
 /// The folder's blocking thread, as the syncer sees it.
@@ -170,10 +291,15 @@ pub async fn spawn_folder<R: Runtime>(
         let folder =
             Folder::open(&folder_cfg.root, &folder_cfg.index).map_err(|e| e.to_string())?;
         let versions = Versions::open(&versions_path).map_err(|e| e.to_string())?;
+        let cache = match &folder_cfg.shallow {
+            Some(s) => Some(ChunkCache::open(&s.cache, s.cache_size).map_err(|e| e.to_string())?),
+            None => None,
+        };
         Ok::<_, String>(State {
             folder,
             versions,
             stagings: BTreeMap::new(),
+            cache,
         })
     })
     .await??;
@@ -215,6 +341,8 @@ pub async fn spawn_folder<R: Runtime>(
         error: None,
         scanned: false,
         seen: 0,
+        pinned: config.shallow.as_ref().map(|s| s.pinned.clone()),
+        readers: BTreeMap::new(),
     };
     let scan_cost = syncer.scan().await;
     syncer.reconcile_all().await;
@@ -302,6 +430,10 @@ struct Syncer<R> {
     scanned: bool,
     /// Changes of folder entries received from the node (reported with the pending count).
     seen: u64,
+    /// A shallow replica's pinned paths (`None`: a full replica).
+    pinned: Option<Vec<String>>,
+    /// Chunks readers wait for, with when they give up.
+    readers: BTreeMap<Hash, Vec<(oneshot::Sender<Result<Bytes, String>>, Instant)>>,
 }
 
 impl<R: Runtime> Syncer<R> {
@@ -321,7 +453,9 @@ impl<R: Runtime> Syncer<R> {
         loop {
             // Periodic rescans cost at most about 5% of the time.
             let next_scan = last_scan + rescan.max(scan_cost * 20);
-            let wake = debounce.map_or(next_scan, |d| d.min(next_scan));
+            let scan_at = debounce.map_or(next_scan, |d| d.min(next_scan));
+            let give_up = self.readers.values().flatten().map(|(_, t)| *t).min();
+            let wake = give_up.map_or(scan_at, |t| t.min(scan_at));
             let mut replies = Vec::new();
             tokio::select! {
                 Some(()) = touched.recv() => {
@@ -342,14 +476,25 @@ impl<R: Runtime> Syncer<R> {
                         scan_cost = self.scan().await;
                         last_scan = Instant::now();
                     }
+                    Some(Command::Chunk { hash, len, reply }) => self.chunk_for_reader(hash, len, reply).await,
+                    Some(Command::Pin(path, pin, reply)) => {
+                        self.pin(path, pin).await;
+                        let _ = reply.send(());
+                    }
+                    Some(Command::List(prefix, reply)) => {
+                        let _ = reply.send(self.list(&prefix).await);
+                    }
                     Some(Command::Stop) | None => return,
                 },
                 () = self.runtime.sleep_until(wake) => {
-                    debounce = None;
-                    scan_cost = self.scan().await;
-                    last_scan = Instant::now();
+                    if Instant::now() >= scan_at {
+                        debounce = None;
+                        scan_cost = self.scan().await;
+                        last_scan = Instant::now();
+                    }
                 }
             }
+            self.expire_readers();
             if std::mem::take(&mut self.replan_all) {
                 self.reconcile_all().await;
             }
@@ -415,6 +560,9 @@ impl<R: Runtime> Syncer<R> {
             Event::Chunk { hash, data, .. } => self.on_chunk(hash, data).await,
             Event::ChunkStalled { hash, .. } => {
                 self.stalled.insert(hash);
+                for (reply, _) in self.readers.remove(&hash).unwrap_or_default() {
+                    let _ = reply.send(Err(no_peer(&hash)));
+                }
             }
             _ => {}
         }
@@ -561,7 +709,10 @@ impl<R: Runtime> Syncer<R> {
                 target: Some(target),
                 version,
             } => {
-                self.apply(path, target, local.meta, version).await;
+                // A shallow replica keeps only what is pinned (or already here) on disk.
+                if local.meta.is_some() || self.keeps(path) {
+                    self.apply(path, target, local.meta, version).await;
+                }
                 Step::Done
             }
             Plan::Conflict {
@@ -573,6 +724,166 @@ impl<R: Runtime> Syncer<R> {
                 Step::Done
             }
         }
+    }
+
+    /// Whether a path's content belongs on this device's disk (always, unless shallow).
+    fn keeps(&self, path: &str) -> bool {
+        match &self.pinned {
+            None => true,
+            Some(pinned) => pinned.iter().any(|p| covers(p, path)),
+        }
+    }
+
+    /// A reader wants a chunk: from disk or the cache at once, else from peers.
+    async fn chunk_for_reader(
+        &mut self,
+        hash: Hash,
+        len: u32,
+        reply: oneshot::Sender<Result<Bytes, String>>,
+    ) {
+        let here = self
+            .disk
+            .run(move |s| {
+                if let Ok(Some(d)) = s.folder.read_chunk(&hash, 0, len) {
+                    return Some(d);
+                }
+                s.cache.as_ref().and_then(|c| c.get(&hash).ok().flatten())
+            })
+            .await
+            .flatten();
+        if let Some(data) = here {
+            let _ = reply.send(Ok(Bytes::from(data)));
+            return;
+        }
+        let first = !self.readers.contains_key(&hash);
+        self.readers
+            .entry(hash)
+            .or_default()
+            .push((reply, Instant::now() + CHUNK_WAIT));
+        if first {
+            let _ = self.node.want_chunks(self.share, vec![(hash, len)]).await;
+        }
+    }
+
+    /// Readers whose chunk did not come in time hear why.
+    fn expire_readers(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (hash, readers) in &mut self.readers {
+            let (gone, keep): (Vec<_>, Vec<_>) = readers.drain(..).partition(|(_, t)| *t <= now);
+            *readers = keep;
+            for (reply, _) in gone {
+                let _ = reply.send(Err(no_peer(hash)));
+            }
+            if readers.is_empty() {
+                expired.push(*hash);
+            }
+        }
+        for hash in expired {
+            self.readers.remove(&hash);
+        }
+    }
+
+    /// Pins (`true`) or unpins a path of a shallow replica. Pinned content is fetched and
+    /// kept like a full replica's; unpinned content this device holds as the database has it
+    /// is removed from the disk (it stays in the database, readable on demand); content edited
+    /// here and not yet recorded stays until it is.
+    async fn pin(&mut self, path: String, pin: bool) {
+        let Some(pinned) = &mut self.pinned else {
+            return;
+        };
+        pinned.retain(|p| *p != path);
+        if pin {
+            pinned.push(path.clone());
+        }
+        let entries = self
+            .node
+            .list(self.share, &files::key_of(&path))
+            .await
+            .unwrap_or_default();
+        let paths: Vec<String> = entries
+            .iter()
+            .filter_map(|(k, _)| files::path_of(k))
+            .filter(|p| covers(&path, p))
+            .map(str::to_owned)
+            .collect();
+        if pin {
+            self.dirty.extend(paths);
+            return;
+        }
+        // Children before their folders.
+        for p in paths.iter().rev() {
+            if self.keeps(p) {
+                continue;
+            }
+            let Some(local) = self.local(p).await else {
+                continue;
+            };
+            let Ok(Some(entry)) = self.node.get(self.share, &files::key_of(p)).await else {
+                continue;
+            };
+            if local.meta.is_some() && local.version.dominates(&entry.winner().version) {
+                self.abandon(p).await;
+                let (q, expected) = (p.clone(), local.meta.clone());
+                let _ = self
+                    .disk
+                    .run(move |s| s.folder.remove(&q, expected.as_ref()))
+                    .await;
+            }
+        }
+    }
+
+    /// Every path under `prefix` with its state here.
+    async fn list(&mut self, prefix: &str) -> Vec<Listed> {
+        let entries = self
+            .node
+            .list(self.share, &files::key_of(prefix))
+            .await
+            .unwrap_or_default();
+        let mut rows = Vec::new();
+        for (key, entry) in entries {
+            let Some(path) = files::path_of(&key) else {
+                continue;
+            };
+            let Some(Ok(meta)) = entry.winner().value.as_ref().map(|v| FileMeta::decode(v)) else {
+                continue;
+            };
+            let (p, chunks) = (path.to_owned(), meta.chunks.clone());
+            let found = self
+                .disk
+                .run(move |s| {
+                    let local = s.folder.local(&p).ok().flatten();
+                    let cached = chunks
+                        .iter()
+                        .filter(|c| {
+                            s.cache
+                                .as_ref()
+                                .is_some_and(|cache| cache.contains(&c.0).unwrap_or(false))
+                        })
+                        .count();
+                    (local, cached)
+                })
+                .await;
+            let (local, cached) = found.unwrap_or((None, 0));
+            let here = local.is_some_and(|l| l.same_content(&meta));
+            let state = if here && self.pinned.is_some() && self.keeps(path) {
+                "pinned"
+            } else if here {
+                "local"
+            } else if cached > 0 {
+                "cached"
+            } else {
+                "remote"
+            };
+            rows.push(Listed {
+                path: path.to_owned(),
+                kind: meta.kind,
+                size: meta.size,
+                state,
+                cached: (cached, meta.chunks.len()),
+            });
+        }
+        rows
     }
 
     async fn set_version(&self, path: &str, version: VersionVector) {
@@ -701,6 +1012,17 @@ impl<R: Runtime> Syncer<R> {
 
     async fn on_chunk(&mut self, hash: Hash, data: Bytes) {
         self.stalled.remove(&hash);
+        if let Some(readers) = self.readers.remove(&hash) {
+            for (reply, _) in readers {
+                let _ = reply.send(Ok(data.clone()));
+            }
+            let d = data.clone();
+            // Kept for the next read (a shallow replica's cache; a full one has no cache).
+            let _ = self
+                .disk
+                .run(move |s| s.cache.as_ref().map(|c| c.put(&hash, &d)))
+                .await;
+        }
         let Some(paths) = self.waiting.remove(&hash) else {
             return;
         };
@@ -853,6 +1175,24 @@ impl<R: Runtime> Syncer<R> {
             }
         }
     }
+}
+
+/// Whether pinning `pinned` covers `path` (the path itself, or anything inside it).
+fn covers(pinned: &str, path: &str) -> bool {
+    pinned.is_empty()
+        || path == pinned
+        || (path.starts_with(pinned) && path.as_bytes().get(pinned.len()) == Some(&b'/'))
+}
+
+fn no_peer(hash: &Hash) -> String {
+    let mut short = String::new();
+    for b in &hash[..6] {
+        short.push_str(&format!("{b:02x}"));
+    }
+    format!(
+        "no connected device has chunk {short}… of this file (none online, or none answered within {} s): is a device that holds it online?",
+        CHUNK_WAIT.as_secs()
+    )
 }
 
 enum Step {

@@ -110,13 +110,18 @@ impl ChunkCache {
         Ok(Some(data))
     }
 
-    /// Adds a chunk (ignored if `data` does not hash to `hash`), then evicts the least
-    /// recently used chunks until the cache fits its limit. A chunk larger than the limit is
-    /// not kept.
+    /// Adds a chunk (ignored if `data` does not hash to `hash`), first evicting the least
+    /// recently used chunks until it fits the limit. A chunk larger than the limit is not
+    /// kept.
     pub fn put(&self, hash: &Hash, data: &[u8]) -> Result<(), StoreError> {
         if Sha256::digest(data).as_slice() != hash || data.len() as u64 > self.limit {
             return Ok(());
         }
+        if self.contains(hash)? {
+            return self.touch(hash, data.len() as u64);
+        }
+        // Room first, so the folder never holds more than the limit, even for a moment.
+        self.evict(data.len() as u64)?;
         let err = db_err(&self.dir);
         let path = self.file(hash);
         let tmp = path.with_extension("tmp");

@@ -17,6 +17,7 @@ pub mod meta;
 pub mod msg;
 pub mod path;
 pub mod plan;
+pub mod range;
 
 pub use fetch::{FetchEvent, Fetcher};
 pub use meta::{ChunkRef, FileKind, FileMeta, Hash};
