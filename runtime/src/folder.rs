@@ -433,7 +433,7 @@ struct Syncer<R> {
     /// A shallow replica's pinned paths (`None`: a full replica).
     pinned: Option<Vec<String>>,
     /// Chunks readers wait for, with when they give up.
-    readers: BTreeMap<Hash, Vec<(oneshot::Sender<Result<Bytes, String>>, Instant)>>,
+    readers: BTreeMap<Hash, Vec<(ChunkReply, Instant)>>,
 }
 
 impl<R: Runtime> Syncer<R> {
@@ -1176,6 +1176,9 @@ impl<R: Runtime> Syncer<R> {
         }
     }
 }
+
+/// Where a reader's chunk (or why there is none) goes.
+type ChunkReply = oneshot::Sender<Result<Bytes, String>>;
 
 /// Whether pinning `pinned` covers `path` (the path itself, or anything inside it).
 fn covers(pinned: &str, path: &str) -> bool {
