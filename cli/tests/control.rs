@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{cmd, daemon, free_port, ok, run, stop, wait_equal, wait_until};
+use common::{cmd, daemon, free_port, ok, run, share, stop, wait_equal, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -98,11 +98,7 @@ fn a_running_daemon_serves_status_db_share_invite_and_removal() {
     let (fa2, fb2) = (dir.path().join("laptop-2"), dir.path().join("phone-2"));
     std::fs::create_dir(&fa2).unwrap();
     std::fs::write(fa2.join("second.txt"), b"a second share\n").unwrap();
-    let code2 = ok(&a, &["share", fa2.to_str().unwrap()])
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let code2 = share(&a, &fa2);
     ok(
         &b,
         &["join", &code2, fb2.to_str().unwrap(), "--peer", &peer],

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    Daemon, daemon, free_port, ok, stop, tree, wait_equal, wait_equal_except, wait_until,
+    Daemon, daemon, free_port, noise, ok, share, stop, tree, wait_equal, wait_equal_except,
+    wait_until,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -39,11 +40,7 @@ impl Pair {
         fill(&fa);
         ok(&a, &["init", "--name", "laptop"]);
         ok(&b, &["init", "--name", "phone"]);
-        let code = ok(&a, &["share", fa.to_str().unwrap()])
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned();
+        let code = share(&a, &fa);
         let port_a = free_port();
         let laptop = daemon(&a, port_a, &["--rescan", rescan]);
         let peer = format!("127.0.0.1:{port_a}");
@@ -78,19 +75,6 @@ fn write(root: &Path, rel: &str, data: &[u8]) {
 
 fn chmod(root: &Path, rel: &str, mode: u32) {
     fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Deterministic pseudo-random bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{daemon, free_port, ok, run, stop};
+use common::{daemon, free_port, ok, run, share, stop};
 
 #[test]
 fn join_with_the_code_then_check_in_both_ways() {
@@ -13,11 +13,7 @@ fn join_with_the_code_then_check_in_both_ways() {
     std::fs::create_dir(&fa).unwrap();
     ok(&a, &["init", "--name", "laptop"]);
     ok(&b, &["init", "--name", "phone"]);
-    let code = ok(&a, &["share", fa.to_str().unwrap()])
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let code = share(&a, &fa);
     ok(
         &a,
         &["db", "put", "notes/1", r#"{"title":"from the laptop"}"#],

@@ -8,23 +8,11 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{cmd, daemon, free_port, ok, run, stop, wait_until};
+use common::{cmd, daemon, free_port, noise, ok, run, share, stop, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 const BIG: usize = 64 * 1024 * 1024;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Bytes of cached chunks (files named by their hash; the index is left out).
 fn du(dir: &Path) -> u64 {
@@ -83,11 +71,7 @@ fn a_shallow_replica_lists_everything_and_reads_ranges_on_demand() {
     fs::write(fa.join("other.bin"), noise(3_000_000, 8)).unwrap();
     ok(&nas, &["init", "--name", "nas"]);
     ok(&phone, &["init", "--name", "phone"]);
-    let code = ok(&nas, &["share", fa.to_str().unwrap()])
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let code = share(&nas, &fa);
     let port = free_port();
     let at_nas = format!("127.0.0.1:{port}");
     let nas_d = daemon(&nas, port, &["--rescan", "1"]);

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, daemon, daemon_at, free_port, ok, run, stop, wait_equal_except, wait_log, write_config,
+    Daemon, daemon, daemon_at, free_port, ok, run, share, stop, wait_equal_except, wait_log,
+    write_config,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -54,11 +55,7 @@ impl Devices {
         config(&b, slot);
         ok(&a, &["init", "--name", "laptop"]);
         ok(&b, &["init", "--name", "phone"]);
-        let code = ok(&a, &["share", fa.to_str().unwrap()])
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned();
+        let code = share(&a, &fa);
         (Devices { dir, a, b, fa, fb }, code)
     }
 

@@ -32,6 +32,28 @@ pub fn ok(home: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `share PATH` on `home`: the access code (its last line).
+pub fn share(home: &Path, folder: &Path) -> String {
+    ok(home, &["share", folder.to_str().unwrap()])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for file contents.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
