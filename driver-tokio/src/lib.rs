@@ -49,10 +49,19 @@ pub mod node {
 pub mod folder {
     //! A folder share on tokio: `clearskies_runtime::folder` run with tokio's spawn and timers.
 
+    use clearskies_proto::files::FileMeta;
     use clearskies_proto::identity::DeviceId;
     pub use clearskies_runtime::folder::{
         DEBOUNCE, FolderConfig, FolderHandle, FolderStatus, Listed, RangeReader, Shallow,
+        ShallowFile,
     };
+    use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+    /// Opens a file of a share for reading with tokio's `AsyncRead` + `AsyncSeek`, content
+    /// fetched on demand (see [`ShallowFile`]).
+    pub fn open_file(folder: &FolderHandle, meta: FileMeta) -> Compat<ShallowFile> {
+        folder.open_file(meta).compat()
+    }
 
     use crate::Tokio;
     use crate::node::NodeHandle;

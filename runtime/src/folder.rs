@@ -181,6 +181,16 @@ impl RangeReader {
     /// The next bytes of the range; `None` at its end. An error says why a chunk could not be
     /// had (no peer holds it); reading may be tried again later.
     pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        std::future::poll_fn(|cx| self.poll_next_bytes(cx)).await
+    }
+
+    /// [`next`](RangeReader::next) as a poll function.
+    pub fn poll_next_bytes(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, String>>> {
+        use std::future::Future;
+        use std::task::Poll;
         while self.inflight.len() < READ_AHEAD {
             let Some(piece) = self.plan.pop_front() else {
                 break;
@@ -192,19 +202,115 @@ impl RangeReader {
                 reply,
             };
             if self.commands.send(ask).is_err() {
-                return Some(Err("the folder has stopped".into()));
+                return Poll::Ready(Some(Err("the folder has stopped".into())));
             }
             self.inflight.push_back((answer, piece));
         }
-        let (answer, piece) = self.inflight.pop_front()?;
-        Some(match answer.await {
+        let Some((answer, piece)) = self.inflight.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let piece = *piece;
+        let result = match std::pin::Pin::new(answer).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        self.inflight.pop_front();
+        Poll::Ready(Some(match result {
             Ok(Ok(chunk)) if chunk.len() >= piece.to as usize => {
                 Ok(chunk.slice(piece.from as usize..piece.to as usize))
             }
             Ok(Ok(_)) => Err("a chunk shorter than its record says".into()),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the folder has stopped".into()),
-        })
+        }))
+    }
+}
+
+/// A file of a share opened for reading at any position, content fetched on demand: what a
+/// shallow replica offers apps (`futures-io` `AsyncRead` + `AsyncSeek`; the tokio driver
+/// adapts it to tokio's traits). Reading from a position streams from there to the end,
+/// [`READ_AHEAD`] chunks ahead; seeking starts over at the new position.
+#[derive(Debug)]
+pub struct ShallowFile {
+    folder: FolderHandle,
+    meta: FileMeta,
+    pos: u64,
+    reader: Option<RangeReader>,
+    /// Bytes fetched and not yet read.
+    buffered: Bytes,
+}
+
+impl FolderHandle {
+    /// Opens the file whose record is `meta` for reading (see [`ShallowFile`]).
+    pub fn open_file(&self, meta: FileMeta) -> ShallowFile {
+        ShallowFile {
+            folder: self.clone(),
+            meta,
+            pos: 0,
+            reader: None,
+            buffered: Bytes::new(),
+        }
+    }
+}
+
+impl futures_io::AsyncRead for ShallowFile {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        while this.buffered.is_empty() {
+            if this.pos >= this.meta.size || buf.is_empty() {
+                return Poll::Ready(Ok(0));
+            }
+            let (folder, meta, pos) = (&this.folder, &this.meta, this.pos);
+            let reader = this
+                .reader
+                .get_or_insert_with(|| folder.read_range(meta, pos, u64::MAX));
+            match reader.poll_next_bytes(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Some(Err(e))) => {
+                    this.reader = None;
+                    return Poll::Ready(Err(std::io::Error::other(e)));
+                }
+                Poll::Ready(Some(Ok(bytes))) => this.buffered = bytes,
+            }
+        }
+        let n = buf.len().min(this.buffered.len());
+        buf[..n].copy_from_slice(&this.buffered[..n]);
+        let _ = this.buffered.split_to(n);
+        this.pos += n as u64;
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl futures_io::AsyncSeek for ShallowFile {
+    fn poll_seek(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        to: std::io::SeekFrom,
+    ) -> std::task::Poll<std::io::Result<u64>> {
+        let this = &mut *self;
+        let target = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => this.meta.size.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => this.pos.checked_add_signed(d),
+        };
+        let Some(target) = target else {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )));
+        };
+        if target != this.pos {
+            this.pos = target;
+            this.reader = None;
+            this.buffered = Bytes::new();
+        }
+        std::task::Poll::Ready(Ok(target))
     }
 }
 
