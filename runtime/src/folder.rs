@@ -57,7 +57,7 @@ pub struct Shallow {
 pub const CHUNK_WAIT: Duration = Duration::from_secs(20);
 
 /// Chunks a [`RangeReader`] asks for ahead of the one it returns.
-pub const READ_AHEAD: usize = 4;
+pub const READ_AHEAD: usize = 32;
 
 /// A path's state in a shallow replica's listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
