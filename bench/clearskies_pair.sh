@@ -129,7 +129,8 @@ CODE=$(cs A share "$WORK/srcA" | tail -1)
 
 # start_a: A's daemon; returns once it listens (its folder scan is done before that)
 start_a() {
-  cs A run --listen "127.0.0.1:$PORT" --rescan "$RESCAN_S" "${TR_ARGS[@]}" >>"$WORK/A.log" 2>&1 &
+  # a simple command (not the cs function), so that $! is the daemon itself
+  "$CS" --home "$WORK/homeA" run --listen "127.0.0.1:$PORT" --rescan "$RESCAN_S" "${TR_ARGS[@]}" >>"$WORK/A.log" 2>&1 &
   PID_A=$!
   local end=$(( $(date +%s) + TIMEOUT_S ))
   until grep -q "listening on" "$WORK/A.log" 2>/dev/null; do
