@@ -25,6 +25,7 @@
 #        IDLE=N                  phase "idle": B checks in again, N times, with nothing changed
 #        TRANSPORT=tcp|quic      passed as --transport when the binary supports the option
 #        CLEARSKIES=<path>       binary (default: target/release/clearskies of this repo)
+#        CS_BUILD=<text>         recorded as "build" (e.g. which patch a custom binary carries)
 #        SHARED_BENCH=<dir>      shared harness (default: ../shared/bench from the repo root)
 #        RESCAN_S=3600           A's --rescan (changes are picked up by the restart scan)
 #        RESULTS_FILE, TIMEOUT_S=1800, KEEP=0, TRASH_DIR, QUIET_MAX_S, QUIET_THRESH (as shared)
@@ -57,6 +58,7 @@ TIME=/usr/bin/time
 [[ -x $TIME ]] || die "/usr/bin/time missing (apt-get install time)"
 CS_VERSION=$("$CS" --version 2>/dev/null | awk '{print $NF}' || echo unknown)
 CS_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+CS_BUILD=${CS_BUILD:-}
 for f in "$MODIFY_FILE" "$INSERT_FILE"; do
   [[ -z $f || -f $DATASET/$f ]] || die "$f not in dataset"
 done
@@ -174,12 +176,12 @@ verify() {  # like lib.sh's verify_same, but the tool's own `.clearskies` entry 
 # emit PHASE SCENARIO BYTES FILES EXTRA_JSON
 emit() {
   emit_result "$(jq -cn --arg tool clearskies --arg ver "$CS_VERSION" --arg commit "$CS_COMMIT" \
-    --arg transport "$TRANSPORT" --arg scen "$2" --arg phase "$1" --arg ds "$DATASET" \
+    --arg build "$CS_BUILD" --arg transport "$TRANSPORT" --arg scen "$2" --arg phase "$1" --arg ds "$DATASET" \
     --argjson files "$4" --argjson bytes "$3" --argjson wall "$WALL" \
     --argjson cpua "$CPU_A" --argjson cpub "$CPU_B" --argjson rssa "$RSS_A" --argjson rssb "$RSS_B" \
     --argjson wire "$WIRE" --argjson wb "$WIRE_TO_B" --argjson wa "$WIRE_TO_A" --argjson wp "$WIRE_PAYLOAD" \
     --argjson ok "$VERIFIED" --argjson busy "$SYS_BUSY" --argjson quiet "$QUIET" --argjson extra "$5" \
-    '{tool:$tool, version:$ver, commit:$commit, transport:$transport, scenario:$scen, phase:$phase,
+    '{tool:$tool, version:$ver, commit:$commit, build:$build, transport:$transport, scenario:$scen, phase:$phase,
       dataset:$ds, files:$files, bytes:$bytes, wall_s:$wall, mb_per_s:($bytes/1e6/$wall),
       cpu_s_a:$cpua, cpu_s_b:$cpub, cpu_s_total:($cpua+$cpub), rss_kib_a:$rssa, rss_kib_b:$rssb,
       wire_bytes:$wire, wire_bytes_to_b:$wb, wire_bytes_to_a:$wa, wire_payload_bytes:$wp,

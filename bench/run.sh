@@ -16,6 +16,8 @@
 #                           (ext4-without-journal quirk, see the shared README); 65 (QUICK: 5)
 #        SHARED_BENCH, CLEARSKIES, BASE_DIR (default ${TMPDIR:-/tmp}/clearskies-baseline)
 #        CS_TRANSPORTS="tcp quic"  override the QUIC detection
+#        CS_BUILD=<text>    note stored with clearskies results (e.g. a patch a custom binary carries)
+#        QUIET_MAX_S=20     bound on the wait for an idle machine before each timed window
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -37,6 +39,8 @@ OUT=$BASE_DIR/results/cs-$TS
 RESULTS=$OUT/results.jsonl
 export TRASH_DIR=$BASE_DIR/runs/trash-cs-$TS
 export TIMEOUT_S=${TIMEOUT_S:-900}
+# other jobs share this machine: wait at most this long for a quiet one before each window
+export QUIET_MAX_S=${QUIET_MAX_S:-20}
 mkdir -p "$OUT" "$BASE_DIR/runs"
 SHADOW=""
 on_exit() {
@@ -104,7 +108,7 @@ ln -s "$HERE/insert_byte.py" "$SHADOW/modify.py"
 {
   echo "date: $(date -u +%FT%TZ)"; echo "command: ${QUICK:+QUICK=$QUICK }bench/run.sh $RUNS"; uname -sr
   echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; free -m | sed -n 2p
-  echo "clearskies $(git -C "$REPO" rev-parse --short HEAD) transports: $CS_TRANSPORTS"
+  echo "clearskies $(git -C "$REPO" rev-parse --short HEAD) ${CS_BUILD:-} binary $(basename "$CS") transports: $CS_TRANSPORTS"
   syncthing --version; rsync --version | sed -n 1p; cp --version | sed -n 1p
 } > "$OUT/env.txt"
 cat "$OUT/env.txt" >&2
