@@ -81,6 +81,12 @@ def main():
             p = med([r.get("wire_payload_bytes") for r in rs])
             if p is not None and rs[0]["phase"] != "initial":
                 notes.append(f"payload ≈{p:,.0f} B")
+        if tool.startswith("clearskies"):
+            extra = [(r.get("sync_once_runs") or 1) - 1 for r in rs]
+            fails = [r.get("sync_once_failures") or 0 for r in rs]
+            if any(extra):
+                notes.append(f"**B needed {sum(extra)} extra check-in(s) over {len(rs)} run(s): "
+                             f"{sum(fails)} sync --once failed, {sum(extra) - sum(fails)} exited 0 incomplete**")
         if tool == "syncthing":
             notes.append("wire = B's received bytes (REST)")
             if rs[0]["phase"] == "initial":
