@@ -23,6 +23,7 @@
 #        INSERT_FILE=<relpath>   phase "insert1b": insert one byte at the start of the file
 #        RENAME_DIR=<relpath>    phase "rename": rename that folder to <relpath>.renamed
 #        IDLE=N                  phase "idle": B checks in again, N times, with nothing changed
+#        B_MODE=once|daemon      initial phase: B's `sync --once` (default) or B's daemon + polling
 #        TRANSPORT=tcp|quic      passed as --transport when the binary supports the option
 #        CLEARSKIES=<path>       binary (default: target/release/clearskies of this repo)
 #        CS_BUILD=<text>         recorded as "build" (e.g. which patch a custom binary carries)
@@ -47,6 +48,7 @@ INSERT_FILE=${INSERT_FILE:-}
 RENAME_DIR=${RENAME_DIR:-}
 IDLE=${IDLE:-0}
 TRANSPORT=${TRANSPORT:-tcp}
+B_MODE=${B_MODE:-once}
 RESCAN_S=${RESCAN_S:-3600}
 RESULTS_FILE=${RESULTS_FILE:-$BASE_DIR/results/results.jsonl}
 TIMEOUT_S=${TIMEOUT_S:-1800}
@@ -71,11 +73,12 @@ mkdir -p "$BASE_DIR/runs"
 WORK=$(mktemp -d "$BASE_DIR/runs/cs.XXXXXX")
 NFT_TABLE="csbench_$$"
 NFT=false
-PID_A=""
+PID_A="" PID_B=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   [[ -n $PID_A ]] && stop_pid "$PID_A" "$WORK/homeA" 15
+  [[ -n $PID_B ]] && stop_pid "$PID_B" "$WORK/homeB" 15
   [[ $NFT == true ]] && nft delete table inet "$NFT_TABLE" 2>/dev/null
   dispose_work "$WORK"
   exit "$rc"
@@ -188,6 +191,32 @@ b_sync() {
   done
 }
 
+# B_MODE=daemon (initial phase only): B runs `clearskies run --peer A` like Syncthing's B, and
+# the window ends when B's tree matches A's (polled every 0.2 s: file count and bytes, then
+# the fingerprint). B's CPU and peak RSS are its daemon's, added to its join's.
+b_daemon_until_complete() {
+  local want_n want_b n b end pid_b
+  read -r want_n want_b < <(find "$WORK/srcA" -path "$WORK/srcA/.clearskies" -prune -o -type f -printf '%s\n' | awk '{n++; b+=$1} END{printf "%d %d\n", n, b}')
+  read -r PORT_B < <(free_ports 1)
+  "$CS" --home "$WORK/homeB" run --listen "127.0.0.1:$PORT_B" --peer "127.0.0.1:$PORT" --rescan "$RESCAN_S" "${TR_ARGS[@]}" >"$WORK/B.log" 2>&1 &
+  PID_B=$!
+  end=$(( $(date +%s) + TIMEOUT_S ))
+  while :; do
+    kill -0 "$PID_B" 2>/dev/null || { tail -20 "$WORK/B.log" >&2; die "B's daemon exited"; }
+    (( $(date +%s) < end )) || die "B incomplete after ${TIMEOUT_S}s"
+    read -r n b < <(find "$WORK/dstB" -path "$WORK/dstB/.clearskies" -prune -o -type f -printf '%s\n' | awk '{n++; b+=$1} END{printf "%d %d\n", n, b}')
+    if [[ $n == "$want_n" && $b == "$want_b" && $(tree_fp "$WORK/dstB") == "$WANT_FP" ]]; then break; fi
+    sleep 0.2
+  done
+  local c m
+  c=$(proc_cpu "$PID_B"); m=$(proc_hwm "$PID_B")
+  CPU_B=$(awk -v a="$CPU_B" -v b="$c" 'BEGIN{printf "%.2f", a+b}')
+  (( m > RSS_B )) && RSS_B=$m
+  stop_pid "$PID_B" "$WORK/homeB" 15
+  PID_B=""
+  SYNC_RUNS=0 SYNC_FAILS=0
+}
+
 verify() {  # like lib.sh's verify_same, but the tool's own `.clearskies` entry is not content
   local out
   if out=$(diff -rq --no-dereference -x .clearskies "$WORK/srcA" "$WORK/dstB" 2>&1); then
@@ -200,12 +229,12 @@ verify() {  # like lib.sh's verify_same, but the tool's own `.clearskies` entry 
 # emit PHASE SCENARIO BYTES FILES EXTRA_JSON
 emit() {
   emit_result "$(jq -cn --arg tool clearskies --arg ver "$CS_VERSION" --arg commit "$CS_COMMIT" \
-    --arg build "$CS_BUILD" --arg transport "$TRANSPORT" --arg scen "$2" --arg phase "$1" --arg ds "$DATASET" \
+    --arg build "$CS_BUILD" --arg transport "$TRANSPORT" --arg bmode "$B_MODE" --arg scen "$2" --arg phase "$1" --arg ds "$DATASET" \
     --argjson files "$4" --argjson bytes "$3" --argjson wall "$WALL" \
     --argjson cpua "$CPU_A" --argjson cpub "$CPU_B" --argjson rssa "$RSS_A" --argjson rssb "$RSS_B" \
     --argjson wire "$WIRE" --argjson wb "$WIRE_TO_B" --argjson wa "$WIRE_TO_A" --argjson wp "$WIRE_PAYLOAD" \
     --argjson ok "$VERIFIED" --argjson runs "$SYNC_RUNS" --argjson fails "$SYNC_FAILS" --argjson busy "$SYS_BUSY" --argjson quiet "$QUIET" --argjson extra "$5" \
-    '{tool:$tool, version:$ver, commit:$commit, build:$build, transport:$transport, scenario:$scen, phase:$phase,
+    '{tool:$tool, version:$ver, commit:$commit, build:$build, transport:$transport, b_mode:$bmode, scenario:$scen, phase:$phase,
       dataset:$ds, files:$files, bytes:$bytes, wall_s:$wall, mb_per_s:($bytes/1e6/$wall),
       cpu_s_a:$cpua, cpu_s_b:$cpub, cpu_s_total:($cpua+$cpub), rss_kib_a:$rssa, rss_kib_b:$rssb,
       wire_bytes:$wire, wire_bytes_to_b:$wb, wire_bytes_to_a:$wa, wire_payload_bytes:$wp,
@@ -224,7 +253,11 @@ start_a
 T_LISTEN=$(fsub "$(now)" "$T0")
 timed_b join join "$CODE" "$WORK/dstB" --peer "127.0.0.1:$PORT" "${TR_ARGS[@]}"
 T_JOINED=$(fsub "$(now)" "$T0")
-b_sync sync0
+if [[ $B_MODE == daemon ]]; then
+  b_daemon_until_complete
+else
+  b_sync sync0
+fi
 T1=$(now)
 S1=$(cpu_snap); SYS_BUSY=$(snap_busy_s "$S0" "$S1"); W1=$(wire_snap)
 WALL=$(fsub "$T1" "$T0")

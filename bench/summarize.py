@@ -11,13 +11,16 @@ import statistics as st
 import sys
 from collections import defaultdict
 
-TOOLS = ["clearskies-tcp", "clearskies-quic", "syncthing", "rsync", "cp"]
+TOOLS = ["clearskies-tcp", "clearskies-tcp (B daemon)", "clearskies-quic", "clearskies-quic (B daemon)", "syncthing", "rsync", "cp"]
 SCEN_BASE = ["large", "small", "mixed"]
 KIND = ["", "mod1pct", "insert1b", "rename", "idle"]
 
 
 def tool_of(r):
-    return f"clearskies-{r.get('transport', 'tcp')}" if r["tool"] == "clearskies" else r["tool"]
+    if r["tool"] != "clearskies":
+        return r["tool"]
+    t = f"clearskies-{r.get('transport', 'tcp')}"
+    return t + " (B daemon)" if r.get("b_mode") == "daemon" else t
 
 
 def med(xs):
