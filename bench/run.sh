@@ -12,6 +12,8 @@
 #                           on mixed's largest file; rename of 1,000 files; idle check-in)
 #        MANY=100000        files in the idle check-in share (the check-in is repeated RUNS times)
 #        TOOLS="clearskies syncthing rsync cp"
+#        CS_DAEMON_SETS="$SETS"  sets whose initial sync also runs with B as a daemon (B_MODE=daemon);
+#                           the idle check-in's first sync always does
 #        SETTLE_S           idle seconds after `sync` before the suite and between runs
 #                           (ext4-without-journal quirk, see the shared README); 65 (QUICK: 5)
 #        SHARED_BENCH, CLEARSKIES, BASE_DIR (default ${TMPDIR:-/tmp}/clearskies-baseline)
@@ -33,6 +35,7 @@ if [[ $QUICK == 1 ]]; then RUNS=${1:-1}; SETS=${SETS:-small mixed}; MANY=${MANY:
 else RUNS=${1:-3}; SETS=${SETS:-large small mixed}; MANY=${MANY:-100000}; SETTLE_S=${SETTLE_S:-65}; fi
 CHANGES=${CHANGES:-1}
 TOOLS=${TOOLS:-clearskies syncthing rsync cp}
+CS_DAEMON_SETS=${CS_DAEMON_SETS:-$SETS}
 DATA=$BASE_DIR/data
 TS=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$BASE_DIR/results/cs-$TS
@@ -142,6 +145,10 @@ for i in $(seq "$RUNS"); do
           for tr in $CS_TRANSPORTS; do
             job "$i" "clearskies-$tr-$s" "" "" 0 env LABEL="$s" MODIFY_FILE="$mf" INSERT_FILE="$inf" TRANSPORT="$tr" \
               "$HERE/clearskies_pair.sh" "$DATA/$s"
+            if [[ " $CS_DAEMON_SETS " == *" $s "* ]]; then
+              job "$i" "clearskies-$tr-$s-bdaemon" "" "" 0 env LABEL="$s" B_MODE=daemon TRANSPORT="$tr" \
+                "$HERE/clearskies_pair.sh" "$DATA/$s"
+            fi
           done ;;
         syncthing|rsync|cp)
           script=$t; [[ $t == cp ]] && script=cp_local.sh || script=${t}_pair.sh
@@ -167,7 +174,7 @@ if [[ $CHANGES == 1 && " $TOOLS " == *" clearskies "* ]]; then
   idle_set=many$MANY; idle_label=many$MANY
   (( MANY > 0 )) || { idle_set=small; idle_label=small.idle; }
   for tr in $CS_TRANSPORTS; do
-    job 1 "clearskies-$tr-idle" "" "" 0 env LABEL="$idle_label" IDLE="$RUNS" TRANSPORT="$tr" \
+    job 1 "clearskies-$tr-idle" "" "" 0 env LABEL="$idle_label" IDLE="$RUNS" B_MODE=daemon TRANSPORT="$tr" \
       "$HERE/clearskies_pair.sh" "$DATA/$idle_set"
   done
 fi
