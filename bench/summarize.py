@@ -20,7 +20,8 @@ def tool_of(r):
     if r["tool"] != "clearskies":
         return r["tool"]
     t = f"clearskies-{r.get('transport', 'tcp')}"
-    return t + " (B daemon)" if r.get("b_mode") == "daemon" else t
+    # B_MODE only changes how the initial sync is done; later phases are `sync --once`
+    return t + " (B daemon)" if r.get("b_mode") == "daemon" and r.get("phase") == "initial" else t
 
 
 def med(xs):
