@@ -109,7 +109,7 @@ for f in lib.sh stctl.py syncthing_pair.sh rsync_pair.sh cp_local.sh; do ln -s "
 ln -s "$HERE/insert_byte.py" "$SHADOW/modify.py"
 
 {
-  echo "date: $(date -u +%FT%TZ)"; echo "command: ${QUICK:+QUICK=$QUICK }bench/run.sh $RUNS"; uname -sr
+  echo "date: $(date -u +%FT%TZ)"; echo "command: $([[ $QUICK == 1 ]] && echo "QUICK=1 ")bench/run.sh $RUNS"; uname -sr
   echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; free -m | sed -n 2p
   echo "clearskies $(git -C "$REPO" rev-parse --short HEAD) ${CS_BUILD:-} binary $(basename "$CS") transports: $CS_TRANSPORTS"
   syncthing --version; rsync --version | sed -n 1p; cp --version | sed -n 1p
@@ -162,7 +162,7 @@ for i in $(seq "$RUNS"); do
   done
   if [[ $CHANGES == 1 && " $TOOLS " == *" clearskies "* ]]; then
     for tr in $CS_TRANSPORTS; do
-      job "$i" "clearskies-$tr-rename" "" "" 1 env LABEL=rename RENAME_DIR=album TRANSPORT="$tr" \
+      job "$i" "clearskies-$tr-rename" "" "" 1 env LABEL=album1000 RENAME_DIR=album TRANSPORT="$tr" \
         "$HERE/clearskies_pair.sh" "$DATA/rename"
     done
   fi
