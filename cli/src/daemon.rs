@@ -127,7 +127,7 @@ pub(crate) async fn open_share(
 async fn start(
     home: Home,
     rescan: Duration,
-) -> Result<(Arc<Device>, tokio::sync::mpsc::Receiver<Event>), Failure> {
+) -> Result<(Arc<Device>, tokio::sync::mpsc::UnboundedReceiver<Event>), Failure> {
     let key = home.key()?;
     let shares = home.shares()?;
     let clock = MonotonicClock::new();
@@ -139,7 +139,18 @@ async fn start(
         },
         clock.now(),
     );
-    let (handle, events, _task) = spawn_node(node, clock);
+    let (handle, mut node_events, _task) = spawn_node(node, clock);
+    // The node waits for its events to be taken (a slow consumer slows it rather than losing
+    // them): take them from the start, or scanning a folder of more files than the event queue
+    // holds would wait forever for writes the node cannot acknowledge.
+    let (forward, events) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = node_events.recv().await {
+            if forward.send(e).is_err() {
+                return;
+            }
+        }
+    });
     let mut members = BTreeSet::new();
     // Each folder is scanned before the device goes on the network, so no peer takes a
     // device that has not looked at its disk yet for one that agrees with it.

@@ -53,6 +53,9 @@ pub struct Shallow {
     pub pinned: Vec<String>,
 }
 
+/// Local changes whose records are written at once (see `Syncer::record_all`).
+const RECORDS_IN_FLIGHT: usize = 512;
+
 /// How long a reader waits for a chunk no peer delivers.
 pub const CHUNK_WAIT: Duration = Duration::from_secs(20);
 
@@ -688,9 +691,7 @@ impl<R: Runtime> Syncer<R> {
                     tracing::info!("{}: usable again, resuming", self.root.display());
                     self.replan_all = true;
                 }
-                for change in changes {
-                    self.record(change).await;
-                }
+                self.record_all(changes).await;
                 self.scanned = true;
             }
             Err(e) => {
@@ -709,27 +710,55 @@ impl<R: Runtime> Syncer<R> {
 
     /// Writes the record of a local change, after the version the disk held.
     async fn record(&mut self, change: LocalChange) {
-        let path = change.path.clone();
-        let Some(Ok(context)) = self.disk.run(move |s| s.versions.get(&path)).await else {
-            return;
-        };
-        let value = change.meta.as_ref().map(|m| Bytes::from(m.encode()));
-        let key = files::key_of(&change.path);
-        match self
-            .node
-            .write_after(self.share, &key, value, context.clone())
-            .await
-        {
-            Ok(dot) => {
-                let mut version = context;
-                version.set(dot);
-                let path = change.path.clone();
-                let _ = self
-                    .disk
-                    .run(move |s| s.versions.set(&path, &version))
-                    .await;
+        self.record_all(vec![change]).await;
+    }
+
+    /// Writes the records of local changes, each after the version the disk held, many at a
+    /// time: the writes are in flight together, so the store commits them in few durable
+    /// transactions, and the local versions are kept in one.
+    async fn record_all(&mut self, changes: Vec<LocalChange>) {
+        let mut changes = changes.into_iter().peekable();
+        while changes.peek().is_some() {
+            let batch: Vec<LocalChange> = changes.by_ref().take(RECORDS_IN_FLIGHT).collect();
+            let paths: Vec<String> = batch.iter().map(|c| c.path.clone()).collect();
+            let Some(contexts) = self
+                .disk
+                .run(move |s| {
+                    paths
+                        .iter()
+                        .map(|p| s.versions.get(p))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+            else {
+                return;
+            };
+            let contexts = match contexts {
+                Ok(c) => c,
+                Err(e) => {
+                    self.error = Some(e.to_string());
+                    return;
+                }
+            };
+            let writes = batch.iter().zip(&contexts).map(|(change, context)| {
+                let value = change.meta.as_ref().map(|m| Bytes::from(m.encode()));
+                let key = files::key_of(&change.path);
+                let node = self.node.clone();
+                let (share, context) = (self.share, context.clone());
+                async move { node.write_after(share, &key, value, context).await }
+            });
+            let results = futures_util::future::join_all(writes).await;
+            let mut versions = Vec::new();
+            for ((change, mut version), result) in batch.into_iter().zip(contexts).zip(results) {
+                match result {
+                    Ok(dot) => {
+                        version.set(dot);
+                        versions.push((change.path, version));
+                    }
+                    Err(e) => self.error = Some(format!("cannot record {}: {e}", change.path)),
+                }
             }
-            Err(e) => self.error = Some(format!("cannot record {}: {e}", change.path)),
+            let _ = self.disk.run(move |s| s.versions.set_many(&versions)).await;
         }
     }
 

@@ -646,11 +646,27 @@ impl<R: Runtime> Owner<R> {
                 let thread = std::thread::Builder::new()
                     .name("clearskies-store".into())
                     .spawn(move || {
-                        for (id, ops) in rx {
+                        while let Ok((id, mut ops)) = rx.recv() {
+                            // Batches queued meanwhile go in the same transaction: one
+                            // durable commit for many writes (their order is kept, and each
+                            // is acknowledged only once the commit is on disk).
+                            let mut ids = vec![id];
+                            while ids.len() < MAX_BATCHES_PER_COMMIT
+                                && let Ok((id, more)) = rx.try_recv()
+                            {
+                                ids.push(id);
+                                ops.extend(more);
+                            }
                             let result = store.apply(&ops).map_err(|e: StoreError| e.to_string());
                             // Once the node has stopped nobody hears the answer, but the
                             // batches already queued are still applied (see `Owner::run`).
-                            let _ = inputs.blocking_send(Input::Persisted(share, id, result));
+                            for id in ids {
+                                let _ = inputs.blocking_send(Input::Persisted(
+                                    share,
+                                    id,
+                                    result.clone(),
+                                ));
+                            }
                         }
                     })
                     .expect("spawning the store thread");
@@ -899,6 +915,9 @@ impl<R: Runtime> Owner<R> {
         }
     }
 }
+
+/// The most store batches one transaction takes.
+const MAX_BATCHES_PER_COMMIT: usize = 1024;
 
 /// How often tombstones past the horizon are collected.
 pub const COLLECTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

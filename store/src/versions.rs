@@ -58,12 +58,22 @@ impl Versions {
 
     /// Records `version` for `path`, durably.
     pub fn set(&self, path: &str, version: &VersionVector) -> Result<(), StoreError> {
+        self.set_many(&[(path.to_owned(), version.clone())])
+    }
+
+    /// Records several paths' versions in one durable transaction.
+    pub fn set_many(&self, versions: &[(String, VersionVector)]) -> Result<(), StoreError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(VERSIONS).map_err(|e| self.err(e))?;
-            table
-                .insert(path, codec::encode(version).as_slice())
-                .map_err(|e| self.err(e))?;
+            for (path, version) in versions {
+                table
+                    .insert(path.as_str(), codec::encode(version).as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
         }
         txn.commit().map_err(|e| self.err(e))
     }
