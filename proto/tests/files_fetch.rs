@@ -154,3 +154,24 @@ fn a_folder_peer_counts_as_in_sync_only_once_its_disk_holds_everything() {
     net.pump();
     assert!(net.hosts[0].node.is_synced_with(&device(2)));
 }
+
+#[test]
+fn thousands_of_small_chunks_stay_under_the_peers_request_limit() {
+    // 1,000 chunks of 1 KiB fit the byte window many times over: the count of unanswered
+    // requests is what must stay under the serving peer's limit, or it closes the session.
+    let mut a = Host::new(1, &[1, 2]);
+    let wanted: Vec<(Hash, Vec<u8>)> = (0..1000u32)
+        .map(|i| content((i % 251) as u8 ^ (i / 251) as u8, 1024 + i as usize))
+        .collect();
+    for (h, d) in &wanted {
+        a.chunks.insert(*h, d.clone());
+    }
+    let b = Host::new(2, &[1, 2]);
+    let mut net = Net::new(vec![a, b], vec![(0, 1)]);
+    for (h, d) in &wanted {
+        net.hosts[1].node.want_chunk(SHARE, *h, d.len() as u32);
+    }
+    net.pump();
+    assert!(net.hosts[1].closed.is_empty() && net.hosts[0].closed.is_empty());
+    assert_eq!(net.hosts[1].arrived.len(), 1000);
+}

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::meta::Hash;
-use super::msg::MAX_PIECE;
+use super::msg::{MAX_OUTSTANDING_REQUESTS, MAX_PIECE};
 use crate::db::ShareId;
 use crate::identity::DeviceId;
 use crate::time::Timestamp;
@@ -89,6 +89,8 @@ struct Want {
 #[derive(Debug, Default)]
 struct PeerState {
     in_flight: u64,
+    /// Requests sent and not answered (at most `MAX_OUTSTANDING_REQUESTS`, the peer's limit).
+    requests: usize,
 }
 
 type WantKey = (ShareId, Hash);
@@ -213,10 +215,17 @@ impl Fetcher {
         if state.in_flight >= WINDOW_BYTES {
             return None;
         }
-        let key = *self
-            .queue
-            .iter()
-            .find(|k| holds(&k.0) && self.wants.get(k).is_some_and(|w| !w.tried.contains(peer)))?;
+        // Every piece of a chunk is asked at once: all of them must fit under the peer's
+        // limit of unanswered requests (a chunk of more pieces than the limit, over 64 MiB,
+        // is asked alone).
+        let room = MAX_OUTSTANDING_REQUESTS.saturating_sub(state.requests);
+        let idle = state.requests == 0;
+        let key = *self.queue.iter().find(|k| {
+            holds(&k.0)
+                && self.wants.get(k).is_some_and(|w| {
+                    !w.tried.contains(peer) && (idle || w.len.div_ceil(MAX_PIECE) as usize <= room)
+                })
+        })?;
         self.queue.remove(&key);
         let want = self.wants.get_mut(&key)?;
         want.peer = Some(*peer);
@@ -246,6 +255,7 @@ impl Fetcher {
         }
         if let Some(s) = self.peers.get_mut(peer) {
             s.in_flight += u64::from(want.len);
+            s.requests += want.len.div_ceil(MAX_PIECE) as usize;
         }
         first
     }
@@ -266,6 +276,7 @@ impl Fetcher {
         };
         if let Some(s) = self.peers.get_mut(peer) {
             s.in_flight = s.in_flight.saturating_sub(u64::from(len));
+            s.requests = s.requests.saturating_sub(1);
         }
         want.outstanding = want.outstanding.saturating_sub(1);
         let complete = if offset == 0 && len == want.len {
@@ -326,6 +337,7 @@ impl Fetcher {
         };
         if let Some(s) = self.peers.get_mut(peer) {
             s.in_flight = s.in_flight.saturating_sub(u64::from(len));
+            s.requests = s.requests.saturating_sub(1);
         }
         let Some(want) = self.wants.get_mut(&key) else {
             return;
@@ -378,6 +390,7 @@ impl Fetcher {
             if matches(p, k) {
                 if let Some(s) = peers.get_mut(p) {
                     s.in_flight = s.in_flight.saturating_sub(u64::from(*len));
+                    s.requests = s.requests.saturating_sub(1);
                 }
                 false
             } else {
