@@ -2,10 +2,13 @@
 //! evicted least-recently-used, surviving restarts.
 //!
 //! Each chunk is a file named by its hash in the cache folder (under the tool's home, never in
-//! the share), written to a temp file, fsynced and renamed into place. A redb index keeps each
-//! chunk's size and when it was last used (a counter, not the clock: proto's rule that time is
-//! passed in is kept here by not needing time at all). A chunk is verified against its hash
-//! when it enters and again when it is read: the cache never hands out bytes that do not match.
+//! the share), written to a temp file and renamed into place. A redb index keeps each chunk's
+//! size and when it was last used (a counter, not the clock). A chunk is verified against its
+//! hash when it enters and again when it is read: the cache never hands out bytes that do not
+//! match, so it needs no fsync per chunk (a chunk torn by a crash fails its check and is
+//! dropped) and its index is committed without waiting for the disk, made durable when the
+//! cache closes. Files the index does not know (written just before a crash) are removed when
+//! the cache opens, so the size limit holds across crashes too.
 
 use std::fs;
 use std::io::Write;
@@ -31,6 +34,17 @@ pub struct ChunkCache {
     dir: PathBuf,
     db: Database,
     limit: u64,
+    /// Bytes of chunks the index holds.
+    size: std::cell::Cell<u64>,
+}
+
+impl Drop for ChunkCache {
+    fn drop(&mut self) {
+        // Make the index's last commits durable.
+        if let Ok(tx) = self.db.begin_write() {
+            let _ = tx.commit();
+        }
+    }
 }
 
 fn db_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> StoreError + '_ {
@@ -55,7 +69,10 @@ impl ChunkCache {
             dir: dir.to_owned(),
             db,
             limit,
+            size: std::cell::Cell::new(0),
         };
+        cache.size.set(cache.indexed_size()?);
+        cache.remove_strays()?;
         cache.evict(0)?;
         Ok(cache)
     }
@@ -70,6 +87,29 @@ impl ChunkCache {
 
     /// Bytes of chunks held.
     pub fn size(&self) -> Result<u64, StoreError> {
+        Ok(self.size.get())
+    }
+
+    /// Removes chunk files the index does not know.
+    fn remove_strays(&self) -> Result<(), StoreError> {
+        let err = db_err(&self.dir);
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        let table = tx.open_table(CHUNKS).map_err(|e| err(&e))?;
+        for entry in fs::read_dir(&self.dir).map_err(|e| err(&e))?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stem = name.strip_suffix(".tmp").unwrap_or(&name);
+            let Some(hash) = unhex(stem) else {
+                continue;
+            };
+            if name.ends_with(".tmp") || table.get(&hash).map_err(|e| err(&e))?.is_none() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn indexed_size(&self) -> Result<u64, StoreError> {
         let err = db_err(&self.dir);
         let tx = self.db.begin_read().map_err(|e| err(&e))?;
         let table = tx.open_table(CHUNKS).map_err(|e| err(&e))?;
@@ -128,16 +168,18 @@ impl ChunkCache {
         {
             let mut f = fs::File::create(&tmp).map_err(|e| err(&e))?;
             f.write_all(data).map_err(|e| err(&e))?;
-            f.sync_all().map_err(|e| err(&e))?;
         }
         fs::rename(&tmp, &path).map_err(|e| err(&e))?;
         self.touch(hash, data.len() as u64)?;
-        self.evict(0)
+        self.size.set(self.size.get() + data.len() as u64);
+        Ok(())
     }
 
     fn touch(&self, hash: &Hash, size: u64) -> Result<(), StoreError> {
         let err = db_err(&self.dir);
-        let tx = self.db.begin_write().map_err(|e| err(&e))?;
+        let mut tx = self.db.begin_write().map_err(|e| err(&e))?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| err(&e))?;
         {
             let mut clock = tx.open_table(CLOCK).map_err(|e| err(&e))?;
             let now = clock
@@ -154,10 +196,14 @@ impl ChunkCache {
 
     fn drop_chunk(&self, hash: &Hash) -> Result<(), StoreError> {
         let err = db_err(&self.dir);
-        let tx = self.db.begin_write().map_err(|e| err(&e))?;
+        let mut tx = self.db.begin_write().map_err(|e| err(&e))?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| err(&e))?;
         {
             let mut chunks = tx.open_table(CHUNKS).map_err(|e| err(&e))?;
-            chunks.remove(hash).map_err(|e| err(&e))?;
+            if let Some(old) = chunks.remove(hash).map_err(|e| err(&e))? {
+                self.size.set(self.size.get().saturating_sub(old.value().1));
+            }
         }
         tx.commit().map_err(|e| err(&e))?;
         let _ = fs::remove_file(self.file(hash));
@@ -167,7 +213,7 @@ impl ChunkCache {
     /// Evicts least recently used chunks until `room` more bytes fit.
     fn evict(&self, room: u64) -> Result<(), StoreError> {
         let err = db_err(&self.dir);
-        let mut size = self.size()?;
+        let mut size = self.size.get();
         if size + room <= self.limit {
             return Ok(());
         }
@@ -192,6 +238,17 @@ impl ChunkCache {
         }
         Ok(())
     }
+}
+
+fn unhex(name: &str) -> Option<Hash> {
+    if name.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -235,8 +292,13 @@ mod tests {
             cache.put(&a.0, &a.1).unwrap();
             cache.put(&b.0, &b.1).unwrap();
         }
+        // A chunk file the index never recorded (written just before a crash) goes at open.
+        let stray = dir.path().join("ab".repeat(32));
+        fs::write(&stray, b"stray").unwrap();
         // Damage one on disk.
         let cache = ChunkCache::open(dir.path(), 10_000).unwrap();
+        assert!(!stray.exists(), "a stray chunk file is removed");
+        assert_eq!(cache.size().unwrap(), 1000);
         fs::write(cache.file(&b.0), b"not the chunk").unwrap();
         assert_eq!(cache.get(&a.0).unwrap(), Some(a.1));
         assert_eq!(
