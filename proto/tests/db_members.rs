@@ -15,6 +15,17 @@ fn member(n: u8, access: Access) -> Option<Member> {
     })
 }
 
+/// Host `host` writes device `n`'s membership (`None`: removed), then the network settles.
+fn set(net: &mut Net, host: usize, n: u8, standing: Option<Member>) {
+    let now = net.now.as_micros();
+    net.hosts[host]
+        .node
+        .set_membership(&SHARE, now, device(n), standing)
+        .unwrap();
+    net.hosts[host].drain();
+    net.pump();
+}
+
 fn put(net: &mut Net, host: usize, k: &str, v: &[u8]) {
     let now = net.now.as_micros();
     net.hosts[host]
@@ -63,13 +74,7 @@ fn added_and_removed_members_are_enforced_everywhere_and_history_survives() {
     );
 
     // The creator removes B. A closes B's session and says why.
-    let now = net.now.as_micros();
-    net.hosts[0]
-        .node
-        .set_membership(&SHARE, now, device(2), None)
-        .unwrap();
-    net.hosts[0].drain();
-    net.pump();
+    set(&mut net, 0, 2, None);
     assert!(net.hosts[0].node.connection_to(&device(2)).is_none());
     assert!(net.hosts[0].closed.contains(&conn(0, 1)));
     for h in [0, 2] {
@@ -98,22 +103,10 @@ fn a_device_joining_later_gets_a_removed_members_earlier_records() {
     let a = Host::new(1, &[1, 2, 4]);
     let b = Host::new(2, &[1, 2]);
     let mut net = Net::new(vec![a, b], vec![(0, 1)]);
-    let now = net.now.as_micros();
-    net.hosts[0]
-        .node
-        .set_membership(&SHARE, now, device(2), member(2, Access::ReadWrite))
-        .unwrap();
-    net.hosts[0].drain();
-    net.pump();
+    set(&mut net, 0, 2, member(2, Access::ReadWrite));
     put(&mut net, 1, "b-wrote", b"kept");
     assert!(has(&net, 0, "b-wrote"));
-    let now = net.now.as_micros();
-    net.hosts[0]
-        .node
-        .set_membership(&SHARE, now, device(2), None)
-        .unwrap();
-    net.hosts[0].drain();
-    net.pump();
+    set(&mut net, 0, 2, None);
 
     // D joins after the removal and catches up from A alone.
     let mut hosts = std::mem::take(&mut net.hosts);
@@ -139,13 +132,8 @@ fn only_read_write_members_change_membership_and_apps_cannot_write_the_reserved_
     let a = Host::new(1, &[1, 3]);
     let c = Host::new(3, &[1, 3]);
     let mut net = Net::new(vec![a, c], vec![(0, 1)]);
+    set(&mut net, 0, 3, member(3, Access::ReadOnly));
     let now = net.now.as_micros();
-    net.hosts[0]
-        .node
-        .set_membership(&SHARE, now, device(3), member(3, Access::ReadOnly))
-        .unwrap();
-    net.hosts[0].drain();
-    net.pump();
     // C learns it is read-only: it can neither write documents nor membership records.
     assert!(
         net.hosts[1]
