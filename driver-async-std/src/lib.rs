@@ -38,7 +38,9 @@ use std::time::Instant;
 
 #[cfg(feature = "conformance")]
 pub use clearskies_runtime::conformance;
-pub use clearskies_runtime::{BoxFuture, MonotonicClock, Runtime, Task, folder, node, session};
+pub use clearskies_runtime::{
+    BoxFuture, MonotonicClock, Runtime, Task, dial, folder, node, session,
+};
 
 /// The [`Runtime`] of the async-std / smol family: tasks go to the executor's spawn function
 /// given to [`AsyncIo::new`]; timers are `async-io`'s, whose reactor both runtimes share.

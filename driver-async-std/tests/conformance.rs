@@ -113,7 +113,9 @@ use conformance::{
     a_connection_cut_mid_transfer_is_reported_and_the_replicas_converge_after_reconnecting,
     a_device_pairs_with_an_access_code_then_syncs_as_a_member,
     a_device_that_is_not_a_member_is_refused_in_the_handshake,
+    a_dialer_keeps_the_connection_up_and_redials_after_a_cut,
     a_read_only_member_reads_but_its_writes_are_refused,
+    a_watch_streams_the_changes_under_its_prefix,
     an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart,
     two_nodes_sync_both_ways_and_a_restarted_node_catches_up,
 };
@@ -126,6 +128,8 @@ under_both!(
     an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_restart,
     a_device_pairs_with_an_access_code_then_syncs_as_a_member,
     one_port_serves_members_and_pairing_through_the_driver_api,
+    a_watch_streams_the_changes_under_its_prefix,
+    a_dialer_keeps_the_connection_up_and_redials_after_a_cut,
 );
 
 fn key(n: u8) -> DeviceKey {

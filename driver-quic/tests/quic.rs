@@ -259,3 +259,13 @@ async fn channel_binding_is_equal_on_both_ends_and_differs_between_connections()
     assert_eq!(again, dialed_again.channel_binding().unwrap());
     assert_ne!(again, listener_side);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_keeps_the_connection_up_and_redials_after_a_cut() {
+    conformance::a_dialer_keeps_the_connection_up_and_redials_after_a_cut(&Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_streams_the_changes_under_its_prefix() {
+    conformance::a_watch_streams_the_changes_under_its_prefix(&Quic).await;
+}

@@ -82,6 +82,7 @@ use std::time::Instant;
 
 use clearskies_proto::session::{Event, Session};
 pub use clearskies_runtime::MonotonicClock;
+pub use clearskies_runtime::dial;
 pub use clearskies_runtime::session::{Command, HandleError, SessionHandle, extension_message};
 use clearskies_runtime::{BoxFuture, Runtime};
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -103,3 +103,8 @@ async fn an_acknowledged_write_survives_shutdown_and_reaches_the_peer_after_rest
 async fn a_device_pairs_with_an_access_code_then_syncs_as_a_member() {
     conformance::a_device_pairs_with_an_access_code_then_syncs_as_a_member(&Tls).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_keeps_the_connection_up_and_redials_after_a_cut() {
+    conformance::a_dialer_keeps_the_connection_up_and_redials_after_a_cut(&Tls).await;
+}

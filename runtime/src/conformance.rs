@@ -733,3 +733,82 @@ pub async fn a_device_pairs_with_an_access_code_then_syncs_as_a_member<T: Pairin
     a.stop().await;
     c.stop().await;
 }
+
+/// The driver's dialer ([`crate::dial::keep_connected`]) keeps B connected to A: it connects,
+/// and after the connection is cut it redials by itself and the replicas go on syncing.
+pub async fn a_dialer_keeps_the_connection_up_and_redials_after_a_cut<T: Transport>(transport: &T) {
+    let rt = transport.runtime();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let a = start(&rt, 1, dir.path()).await;
+    let b = start(&rt, 2, dir.path()).await;
+    let Device {
+        handle: a_handle,
+        events: mut a_events,
+        task: a_task,
+    } = a;
+    let a_drain = crate::spawn_task(&rt, async move { while a_events.recv().await.is_some() {} });
+    let Device {
+        handle: b_handle,
+        events: mut b_events,
+        task: b_task,
+    } = b;
+    let listener = transport
+        .listen(&key(1), PeerPolicy::pinned([key(2).device_id()]))
+        .await;
+    let addr = T::addr(&listener);
+    let cuts: std::sync::Mutex<Vec<Cut>> = std::sync::Mutex::new(Vec::new());
+    let accepting = async {
+        loop {
+            if let Ok((peer, stream, cut)) = transport.accept(&listener).await {
+                cuts.lock().expect("cuts").push(cut);
+                if a_handle
+                    .add_connection::<T::Family>(peer.device_id, stream)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    };
+    let b_key = key(2);
+    let dialing = crate::dial::keep_connected(&rt, &b_handle, || {
+        transport.dial(&b_key, PeerPolicy::pinned([key(1).device_id()]), addr)
+    });
+    let a_id = key(1).device_id();
+    let body = async {
+        wait_for(&rt, &mut b_events, |e| matches!(e, Event::PeerUp { .. })).await;
+        a_handle
+            .put(SHARE, "first", Bytes::from_static(b"\x61a"))
+            .await
+            .unwrap();
+        wait_for(&rt, &mut b_events, changed("first")).await;
+        let taken: Vec<Cut> = cuts.lock().expect("cuts").drain(..).collect();
+        for cut in taken {
+            cut();
+        }
+        wait_for(
+            &rt,
+            &mut b_events,
+            |e| matches!(e, Event::PeerDown { peer, .. } if *peer == a_id),
+        )
+        .await;
+        // Nobody redials by hand: the dialer does.
+        wait_for(&rt, &mut b_events, |e| matches!(e, Event::PeerUp { .. })).await;
+        a_handle
+            .put(SHARE, "after-redial", Bytes::from_static(b"\x61b"))
+            .await
+            .unwrap();
+        wait_for(&rt, &mut b_events, changed("after-redial")).await;
+    };
+    futures_util::future::select(
+        Box::pin(body),
+        Box::pin(futures_util::future::join(accepting, dialing)),
+    )
+    .await;
+    a_handle.shutdown().await;
+    b_handle.shutdown().await;
+    let _ = a_task.await;
+    let _ = b_task.await;
+    let _ = a_drain.await;
+}

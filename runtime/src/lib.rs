@@ -25,6 +25,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod dial;
 pub mod folder;
 pub mod node;
 pub mod pairing;

@@ -131,6 +131,10 @@ enum Input {
         share: ShareId,
         reply: oneshot::Sender<bool>,
     },
+    Connected {
+        peer: DeviceId,
+        reply: oneshot::Sender<bool>,
+    },
     SetMembership {
         share: ShareId,
         device: DeviceId,
@@ -322,6 +326,11 @@ impl NodeHandle {
             reply,
         })
         .await?
+    }
+
+    /// Whether a session with `peer` is established and in use.
+    pub async fn is_connected(&self, peer: DeviceId) -> Result<bool, NodeError> {
+        self.ask(|reply| Input::Connected { peer, reply }).await
     }
 
     /// Whether this device and `peer` agree on every share they have in common.
@@ -759,6 +768,9 @@ impl<R: Runtime> Owner<R> {
                     f.seen = seen;
                 }
                 self.report_folder(share);
+            }
+            Input::Connected { peer, reply } => {
+                let _ = reply.send(self.node.connection_to(&peer).is_some());
             }
             Input::FolderComplete { share, reply } => {
                 let _ = reply.send(self.node.folder_pending(&share) == Some(0));
