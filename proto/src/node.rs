@@ -753,6 +753,19 @@ impl Node {
                 }
                 self.fetcher.peer_down(&peer);
                 self.peer_pending.retain(|(p, _), _| *p != peer);
+                // A share with no member left connected: its wants cannot be served now; say
+                // so at once (readers fail with a reason instead of waiting).
+                let orphaned: Vec<ShareId> = self
+                    .shares
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.is_member(&peer) && !self.current.keys().any(|p| r.is_member(p))
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for share in orphaned {
+                    self.fetcher.stall_share(&share);
+                }
                 self.collect_fetches();
                 self.outputs
                     .push_back(Output::Event(Event::PeerDown { peer, reason }));

@@ -175,3 +175,21 @@ fn thousands_of_small_chunks_stay_under_the_peers_request_limit() {
     assert!(net.hosts[1].closed.is_empty() && net.hosts[0].closed.is_empty());
     assert_eq!(net.hosts[1].arrived.len(), 1000);
 }
+
+#[test]
+fn wants_stall_at_once_when_the_last_member_goes_away() {
+    let a = Host::new(1, &[1, 2]);
+    let b = Host::new(2, &[1, 2]);
+    let mut net = Net::new(vec![a, b], vec![(0, 1)]);
+    // A does not answer yet: the want is in flight when the connection ends.
+    let wanted = content(6, 3000);
+    net.hosts[1].node.want_chunk(SHARE, wanted.0, 3000);
+    net.hosts[1].node.handle_closed(net.now, conn(1, 0));
+    net.hosts[1].drain();
+    assert_eq!(net.hosts[1].stalled, vec![wanted.0]);
+    assert_eq!(
+        net.hosts[1].node.chunks_wanted(),
+        1,
+        "still wanted for later"
+    );
+}

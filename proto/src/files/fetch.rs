@@ -121,6 +121,19 @@ impl Fetcher {
         self.wants.len()
     }
 
+    /// Reports every want of `share` as stalled (no member of it is connected any more); they
+    /// stay wanted and are asked for when one connects.
+    pub fn stall_share(&mut self, share: &ShareId) {
+        for (key, want) in &self.wants {
+            if key.0 == *share && want.peer.is_none() {
+                self.events.push_back(FetchEvent::Stalled {
+                    share: key.0,
+                    hash: key.1,
+                });
+            }
+        }
+    }
+
     /// Whether `hash` of `share` is wanted.
     pub fn is_wanted(&self, share: &ShareId, hash: &Hash) -> bool {
         self.wants.contains_key(&(*share, *hash))
