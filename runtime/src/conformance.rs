@@ -129,6 +129,10 @@ async fn start_with<R: Runtime>(
     let clock = MonotonicClock::new();
     let config = SessionConfig {
         device_name: format!("device-{n}"),
+        // The shortest keep-alive: a cut whose close never arrives (QUIC's CONNECTION_CLOSE
+        // can be dropped on a socket saturated by bulk data) is still noticed by the
+        // session's idle timeout, 3 × 5 s, within PATIENCE.
+        keepalive: clearskies_proto::wire::MIN_KEEPALIVE,
         ..SessionConfig::default()
     };
     let node = Node::new(key(n), config, clock.now());
