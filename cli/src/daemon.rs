@@ -758,7 +758,18 @@ async fn check_in(
         progress.update(files, bytes);
         let connected: Vec<DeviceId> = lock(&device.connected).iter().copied().collect();
         let reached = lock(&net.reached).clone();
-        let statics_reached = statics.iter().filter(|a| reached.contains(a)).count();
+        // A static address also counts as reached when the device last seen there is connected
+        // (its session may have come another way: it dialled us, or discovery found it).
+        let statics_reached = {
+            let book = lock(&net.book);
+            statics
+                .iter()
+                .filter(|a| {
+                    reached.contains(a)
+                        || book.device_at(**a).is_some_and(|d| connected.contains(&d))
+                })
+                .count()
+        };
         // A discovered member answers at once; an address announced that does not (a peer
         // listening on loopback only, say) is not waited for.
         let dialling = lock(&net.first_attempts).values().any(|(origin, since)| {
