@@ -56,6 +56,16 @@ pub struct Shallow {
 /// Local changes whose records are written at once (see `Syncer::record_all`).
 const RECORDS_IN_FLIGHT: usize = 512;
 
+/// Most files committed together (one index and one local-versions transaction).
+const COMMIT_BATCH: usize = 1024;
+
+/// Most paths looked up and staged together.
+const PLAN_BATCH: usize = 1024;
+
+/// Most node events handled in one round of the syncer (bounded work per wake-up; commits
+/// and status follow each round).
+const EVENTS_PER_ROUND: usize = 4096;
+
 /// How long a reader waits for a chunk no peer delivers.
 pub const CHUNK_WAIT: Duration = Duration::from_secs(20);
 
@@ -440,6 +450,8 @@ pub async fn spawn_folder<R: Runtime>(
         status: status_tx,
         waiting: BTreeMap::new(),
         building: BTreeMap::new(),
+        ready: BTreeSet::new(),
+        to_stage: Vec::new(),
         dirty: BTreeSet::new(),
         stalled: BTreeSet::new(),
         pending_removals: BTreeMap::new(),
@@ -523,6 +535,10 @@ struct Syncer<R> {
     /// Chunk → paths waiting for it.
     waiting: BTreeMap<Hash, BTreeSet<String>>,
     building: BTreeMap<String, Building>,
+    /// Files with every chunk in place, committed together at the end of a round.
+    ready: BTreeSet<String>,
+    /// Files `apply` decided to write, staged together at the end of a planning batch.
+    to_stage: Vec<(String, FileMeta, Option<FileMeta>, VersionVector)>,
     /// Paths whose entry changed and must be planned again.
     dirty: BTreeSet<String>,
     stalled: BTreeSet<Hash>,
@@ -574,10 +590,13 @@ impl<R: Runtime> Syncer<R> {
                 }
                 event = events.recv() => {
                     let Some(event) = event else { return };
-                    self.on_event(event).await;
-                    while let Ok(event) = events.try_recv() {
-                        self.on_event(event).await;
+                    let mut chunks = Vec::new();
+                    self.on_event(event, &mut chunks);
+                    for _ in 1..EVENTS_PER_ROUND {
+                        let Ok(event) = events.try_recv() else { break };
+                        self.on_event(event, &mut chunks);
                     }
+                    self.on_chunks(chunks).await;
                 }
                 command = commands.recv() => match command {
                     Some(Command::Rescan(reply)) => {
@@ -608,11 +627,13 @@ impl<R: Runtime> Syncer<R> {
                 self.reconcile_all().await;
             }
             self.process_dirty().await;
+            self.commit_ready().await;
             if std::mem::take(&mut self.rescan_soon) {
                 scan_cost = self.scan().await;
                 let replan = std::mem::take(&mut self.replan);
                 self.dirty.extend(replan);
                 self.process_dirty().await;
+                self.commit_ready().await;
             }
             self.publish().await;
             for r in replies {
@@ -646,7 +667,8 @@ impl<R: Runtime> Syncer<R> {
         });
     }
 
-    async fn on_event(&mut self, event: Event) {
+    /// Takes in one node event; fetched chunks are gathered in `chunks` for `on_chunks`.
+    fn on_event(&mut self, event: Event, chunks: &mut Vec<(Hash, Bytes)>) {
         match event {
             Event::Db {
                 event: db::Event::Changed { key },
@@ -666,7 +688,7 @@ impl<R: Runtime> Syncer<R> {
                     self.dirty.insert(path.to_owned());
                 }
             }
-            Event::Chunk { hash, data, .. } => self.on_chunk(hash, data).await,
+            Event::Chunk { hash, data, .. } => chunks.push((hash, data)),
             Event::ChunkStalled { hash, .. } => {
                 self.stalled.insert(hash);
                 for (reply, _) in self.readers.remove(&hash).unwrap_or_default() {
@@ -771,10 +793,12 @@ impl<R: Runtime> Syncer<R> {
             }
         }
         self.process_dirty().await;
+        self.commit_ready().await;
         self.publish().await;
     }
 
-    /// Plans every dirty path: creations parents first, removals children first.
+    /// Plans every dirty path: creations parents first, removals children first. Paths are
+    /// looked up and staged many at a time (one node round trip and one disk job a batch).
     async fn process_dirty(&mut self) {
         if self.error.is_some() {
             // A missing root or a full disk: change nothing until it is fixed.
@@ -782,20 +806,26 @@ impl<R: Runtime> Syncer<R> {
         }
         // Removing a child can make its deleted parent removable: a few rounds settle it.
         for _ in 0..8 {
-            let dirty = std::mem::take(&mut self.dirty);
+            let dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
             if dirty.is_empty() {
                 return;
             }
+            let started = Instant::now();
             let mut removals = Vec::new();
-            for path in dirty {
-                match self.step(&path).await {
-                    Step::Done => {}
-                    Step::RemoveLater => removals.push(path),
+            for part in dirty.chunks(PLAN_BATCH) {
+                let found = self.look_up(part).await;
+                for (path, found) in part.iter().zip(found) {
+                    match self.step(path, found).await {
+                        Step::Done => {}
+                        Step::RemoveLater => removals.push(path.clone()),
+                    }
                 }
+                self.stage_pending().await;
             }
             for path in removals.into_iter().rev() {
                 self.remove(&path).await;
             }
+            tracing::debug!("planned {} paths in {:?}", dirty.len(), started.elapsed());
         }
     }
 
@@ -811,15 +841,50 @@ impl<R: Runtime> Syncer<R> {
         })
     }
 
-    async fn step(&mut self, path: &str) -> Step {
+    /// The database entry and the local state of each path (`None`: no entry, an invalid
+    /// path, or unreadable local state), with one disk job for all of them.
+    async fn look_up(&self, paths: &[String]) -> Vec<Option<(db::Entry, Local)>> {
+        let gets = paths.iter().map(|path| {
+            let node = self.node.clone();
+            let (share, key) = (self.share, files::key_of(path));
+            async move { node.get(share, &key).await.ok().flatten() }
+        });
+        let entries = futures_util::future::join_all(gets).await;
+        let wanted: Vec<String> = paths
+            .iter()
+            .zip(&entries)
+            .filter(|(_, e)| e.is_some())
+            .map(|(p, _)| p.clone())
+            .collect();
+        let locals = self
+            .disk
+            .run(move |s| {
+                wanted
+                    .iter()
+                    .map(|p| match (s.folder.local(p), s.versions.get(p)) {
+                        (Ok(meta), Ok(version)) => Some(Local { meta, version }),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        let mut locals = locals.into_iter();
+        entries
+            .into_iter()
+            .map(|e| {
+                let entry = e?;
+                Some((entry, locals.next().flatten()?))
+            })
+            .collect()
+    }
+
+    async fn step(&mut self, path: &str, found: Option<(db::Entry, Local)>) -> Step {
         if let Err(e) = share_path::validate(path) {
             tracing::warn!("ignoring the record of {path:?}: {e}");
             return Step::Done;
         }
-        let Ok(Some(entry)) = self.node.get(self.share, &files::key_of(path)).await else {
-            return Step::Done;
-        };
-        let Some(local) = self.local(path).await else {
+        let Some((entry, local)) = found else {
             return Step::Done;
         };
         match plan(&self.me, &entry, &local) {
@@ -1097,82 +1162,130 @@ impl<R: Runtime> Syncer<R> {
                 }
             }
             FileKind::File => {
-                let t = target.clone();
-                let staged = self
-                    .disk
-                    .run(move |s| {
+                // Staged with the rest of its batch (see `stage_pending`).
+                self.to_stage.retain(|(q, ..)| q != path);
+                self.to_stage
+                    .push((path.to_owned(), target, expected, version));
+            }
+        }
+    }
+
+    /// Starts assembling every file `apply` queued: one disk job stages them all (copying
+    /// the chunks this device already holds), one request asks the node for what is missing.
+    async fn stage_pending(&mut self) {
+        let files = std::mem::take(&mut self.to_stage);
+        if files.is_empty() {
+            return;
+        }
+        let jobs: Vec<(String, FileMeta)> = files
+            .iter()
+            .map(|(p, t, ..)| (p.clone(), t.clone()))
+            .collect();
+        let Some(staged) = self
+            .disk
+            .run(move |s| {
+                jobs.into_iter()
+                    .map(|(p, t)| {
                         let staging = s.folder.stage(&p, &t)?;
                         let missing: BTreeSet<Hash> = staging.missing().copied().collect();
                         s.stagings.insert(p, staging);
                         Ok::<_, FolderError>(missing)
                     })
-                    .await;
-                let missing = match staged {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => return self.failed(path, e),
-                    None => return,
-                };
-                let lens: BTreeMap<Hash, u32> = target.chunks.iter().map(|c| (c.0, c.1)).collect();
-                let bytes = missing
-                    .iter()
-                    .filter_map(|h| lens.get(h))
-                    .map(|&l| u64::from(l))
-                    .sum();
-                let mut want = Vec::new();
-                for h in &missing {
-                    let paths = self.waiting.entry(*h).or_default();
-                    if paths.is_empty() {
-                        want.push((*h, lens.get(h).copied().unwrap_or(0)));
-                    }
-                    paths.insert(path.to_owned());
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        let mut want = Vec::new();
+        for ((path, target, expected, version), staged) in files.into_iter().zip(staged) {
+            let missing = match staged {
+                Ok(m) => m,
+                Err(e) => {
+                    self.failed(&path, e);
+                    continue;
                 }
-                self.building.insert(
-                    path.to_owned(),
-                    Building {
-                        target,
-                        expected,
-                        version,
-                        missing,
-                        bytes,
-                    },
-                );
-                if want.is_empty() {
-                    self.try_commit(path).await;
-                } else {
-                    let _ = self.node.want_chunks(self.share, want).await;
+            };
+            let lens: BTreeMap<Hash, u32> = target.chunks.iter().map(|c| (c.0, c.1)).collect();
+            let bytes = missing
+                .iter()
+                .filter_map(|h| lens.get(h))
+                .map(|&l| u64::from(l))
+                .sum();
+            for h in &missing {
+                let paths = self.waiting.entry(*h).or_default();
+                if paths.is_empty() {
+                    want.push((*h, lens.get(h).copied().unwrap_or(0)));
                 }
+                paths.insert(path.clone());
             }
+            let complete = missing.is_empty();
+            self.building.insert(
+                path.clone(),
+                Building {
+                    target,
+                    expected,
+                    version,
+                    missing,
+                    bytes,
+                },
+            );
+            if complete {
+                self.ready.insert(path);
+            }
+        }
+        if !want.is_empty() {
+            let _ = self.node.want_chunks(self.share, want).await;
         }
     }
 
-    async fn on_chunk(&mut self, hash: Hash, data: Bytes) {
-        self.stalled.remove(&hash);
-        if let Some(readers) = self.readers.remove(&hash) {
-            for (reply, _) in readers {
-                let _ = reply.send(Ok(data.clone()));
+    /// Chunks fetched for readers and for files being assembled; the files' writes go to
+    /// the disk in one job.
+    async fn on_chunks(&mut self, chunks: Vec<(Hash, Bytes)>) {
+        let mut writes = Vec::new();
+        for (hash, data) in chunks {
+            self.stalled.remove(&hash);
+            if let Some(readers) = self.readers.remove(&hash) {
+                for (reply, _) in readers {
+                    let _ = reply.send(Ok(data.clone()));
+                }
+                let d = data.clone();
+                // Kept for the next read (a shallow replica's cache; a full one has none).
+                let _ = self
+                    .disk
+                    .run(move |s| s.cache.as_ref().map(|c| c.put(&hash, &d)))
+                    .await;
             }
-            let d = data.clone();
-            // Kept for the next read (a shallow replica's cache; a full one has no cache).
-            let _ = self
-                .disk
-                .run(move |s| s.cache.as_ref().map(|c| c.put(&hash, &d)))
-                .await;
+            if let Some(paths) = self.waiting.remove(&hash) {
+                for path in paths {
+                    writes.push((path, hash, data.clone()));
+                }
+            }
         }
-        let Some(paths) = self.waiting.remove(&hash) else {
+        if writes.is_empty() {
+            return;
+        }
+        let Some(results) = self
+            .disk
+            .run(move |s| {
+                writes
+                    .into_iter()
+                    .map(|(p, hash, d)| {
+                        let written = match s.stagings.get_mut(&p) {
+                            Some(staging) => s.folder.write_chunk(staging, &hash, &d),
+                            None => Ok(()),
+                        };
+                        (p, hash, written)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
             return;
         };
-        for path in paths {
-            let p = path.clone();
-            let d = data.clone();
-            let written = self
-                .disk
-                .run(move |s| match s.stagings.get_mut(&p) {
-                    Some(staging) => s.folder.write_chunk(staging, &hash, &d),
-                    None => Ok(()),
-                })
-                .await;
+        for (path, hash, written) in results {
             match written {
-                Some(Ok(())) => {
+                Ok(()) => {
                     if let Some(b) = self.building.get_mut(&path) {
                         b.missing.remove(&hash);
                         let len = b
@@ -1183,42 +1296,85 @@ impl<R: Runtime> Syncer<R> {
                             .map_or(0, |c| u64::from(c.1));
                         b.bytes = b.bytes.saturating_sub(len);
                     }
-                    self.try_commit(&path).await;
+                    self.try_commit(&path);
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     self.abandon(&path).await;
                     self.failed(&path, e);
                 }
-                None => {}
             }
         }
     }
 
-    /// Commits `path` once every chunk is in place.
-    async fn try_commit(&mut self, path: &str) {
-        if !self
+    /// Marks `path` for the next [`Syncer::commit_ready`] once every chunk is in place.
+    fn try_commit(&mut self, path: &str) {
+        if self
             .building
             .get(path)
             .is_some_and(|b| b.missing.is_empty())
         {
-            return;
+            self.ready.insert(path.to_owned());
         }
-        let Some(b) = self.building.remove(path) else {
-            return;
-        };
-        let p = path.to_owned();
-        let expected = b.expected.clone();
-        let result = self
-            .disk
-            .run(move |s| match s.stagings.remove(&p) {
-                Some(staging) => s.folder.commit(staging, expected.as_ref()),
-                None => Ok(()),
-            })
-            .await;
-        match result {
-            Some(Ok(())) => self.set_version(path, b.version).await,
-            Some(Err(e)) => self.failed(path, e),
-            None => {}
+    }
+
+    /// Commits every file whose chunks are all in place, many per durable transaction, and
+    /// records the versions they bring.
+    async fn commit_ready(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        let started = Instant::now();
+        let count = ready.len();
+        let mut batch = Vec::new();
+        for path in ready {
+            if self
+                .building
+                .get(&path)
+                .is_some_and(|b| b.missing.is_empty())
+                && let Some(b) = self.building.remove(&path)
+            {
+                batch.push((path, b.expected, b.version));
+            }
+        }
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(COMMIT_BATCH));
+            let part = std::mem::replace(&mut batch, rest);
+            let Some(results) = self
+                .disk
+                .run(move |s| {
+                    let mut items = Vec::new();
+                    let mut which = Vec::new();
+                    for (i, (path, expected, _)) in part.iter().enumerate() {
+                        if let Some(staging) = s.stagings.remove(path) {
+                            items.push((staging, expected.clone()));
+                            which.push(i);
+                        }
+                    }
+                    let results = s.folder.commit_many(items);
+                    let mut out: Vec<(String, Result<(), FolderError>)> = Vec::new();
+                    let mut versions = Vec::new();
+                    for (i, result) in which.into_iter().zip(results) {
+                        let (path, _, version) = &part[i];
+                        if result.is_ok() {
+                            versions.push((path.clone(), version.clone()));
+                        }
+                        out.push((path.clone(), result));
+                    }
+                    if let Err(e) = s.versions.set_many(&versions) {
+                        tracing::warn!("cannot record the versions of committed files: {e}");
+                    }
+                    out
+                })
+                .await
+            else {
+                return;
+            };
+            for (path, result) in results {
+                if let Err(e) = result {
+                    self.failed(&path, e);
+                }
+            }
+        }
+        if count > 0 {
+            tracing::debug!("committed {count} files in {:?}", started.elapsed());
         }
     }
 

@@ -346,6 +346,41 @@ fn applied_mode(kind: FileKind, mode: u32) -> u32 {
     }
 }
 
+/// Threads that fsync a batch of files together (a device with a queue serves them in
+/// parallel; one after another, each waits for the last).
+const SYNC_THREADS: usize = 4;
+
+/// `sync_all` on every file, spread over up to [`SYNC_THREADS`] threads; results in order.
+fn sync_all_parallel<'a>(files: impl Iterator<Item = &'a File>) -> Vec<io::Result<()>> {
+    let files: Vec<&File> = files.collect();
+    if files.len() < 2 {
+        return files.iter().map(|f| f.sync_all()).collect();
+    }
+    let per = files.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(per)
+            .map(|part| {
+                let n = part.len();
+                (
+                    n,
+                    scope.spawn(move || part.iter().map(|f| f.sync_all()).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(n, h)| {
+                h.join().unwrap_or_else(|_| {
+                    (0..n)
+                        .map(|_| Err(io::Error::other("fsync thread panicked")))
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
 /// A file being assembled from chunks in a temp file (see [`Folder::stage`]).
 #[derive(Debug)]
 pub struct Staging {
@@ -993,22 +1028,99 @@ impl Folder {
         staging: Staging,
         expected: Option<&FileMeta>,
     ) -> Result<(), FolderError> {
-        let path = staging.path.clone();
-        if !staging.is_complete() {
-            return Err(FolderError::Incomplete {
-                path,
-                missing: staging.missing.len(),
-            });
-        }
-        let temp = staging.temp.clone();
-        let result = self.finish(staging, expected);
-        if let Err(FolderError::NoSpace { .. } | FolderError::LocalChange { .. }) = &result {
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        let mut results = self.commit_many(vec![(staging, expected.cloned())]);
+        results.pop().unwrap_or(Ok(()))
     }
 
-    fn finish(&mut self, staging: Staging, expected: Option<&FileMeta>) -> Result<(), FolderError> {
+    /// [`Folder::commit`] for many files at once, with one result each, in order. The files
+    /// are fsynced together (on a few threads, so the device sees them in parallel), each
+    /// directory that received one is fsynced once, and the index is updated in one durable
+    /// transaction: many small files cost a fraction of committing them one by one, and
+    /// nothing is indexed before its file and directory entry are on disk.
+    pub fn commit_many(
+        &mut self,
+        items: Vec<(Staging, Option<FileMeta>)>,
+    ) -> Vec<Result<(), FolderError>> {
+        let mut results: Vec<Result<(), FolderError>> = Vec::with_capacity(items.len());
+        let mut open = Vec::new();
+        for (i, (staging, expected)) in items.into_iter().enumerate() {
+            results.push(Ok(()));
+            if !staging.is_complete() {
+                results[i] = Err(FolderError::Incomplete {
+                    path: staging.path.clone(),
+                    missing: staging.missing.len(),
+                });
+                continue;
+            }
+            let perms = fs::Permissions::from_mode(applied_mode(FileKind::File, staging.meta.mode));
+            let prepared = staging
+                .file
+                .set_permissions(perms)
+                .and_then(|()| {
+                    staging.file.set_times(
+                        FileTimes::new().set_modified(system_time(staging.meta.mtime_ns)),
+                    )
+                })
+                .map_err(io_err(&staging.temp));
+            match prepared {
+                Ok(()) => open.push((i, staging, expected)),
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        // Data first: every temp file is on disk before any of them is renamed into place.
+        let synced = sync_all_parallel(open.iter().map(|(_, s, _)| &s.file));
+        let mut updates = Vec::new();
+        let mut dirs = BTreeSet::new();
+        let mut placed = Vec::new();
+        for ((i, staging, expected), synced) in open.into_iter().zip(synced) {
+            let temp = staging.temp.clone();
+            let outcome = synced
+                .map_err(io_err(&temp))
+                .and_then(|()| self.place(staging, expected.as_ref()));
+            match outcome {
+                Ok((path, entry, parent)) => {
+                    dirs.insert(parent);
+                    updates.push((path, Some(entry)));
+                    placed.push(i);
+                }
+                Err(e) => {
+                    if let FolderError::NoSpace { .. } | FolderError::LocalChange { .. } = &e {
+                        let _ = fs::remove_file(&temp);
+                    }
+                    results[i] = Err(e);
+                }
+            }
+        }
+        // Then the directory entries, then the index.
+        let mut failed = None;
+        for dir in &dirs {
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                failed = Some(io_err(dir)(e));
+                break;
+            }
+        }
+        if failed.is_none() {
+            failed = self.update_index(&updates).err();
+        }
+        if let Some(e) = failed {
+            let why = e.to_string();
+            for i in placed {
+                results[i] = Err(FolderError::Io {
+                    path: self.root.clone(),
+                    source: io::Error::other(why.clone()),
+                });
+            }
+        }
+        results
+    }
+
+    /// Renames one fsynced, complete staged file over its path if the disk still holds what
+    /// was expected there. Returns the index entry and the directory to fsync.
+    fn place(
+        &mut self,
+        staging: Staging,
+        expected: Option<&FileMeta>,
+    ) -> Result<(String, Entry, PathBuf), FolderError> {
         let Staging {
             path,
             meta,
@@ -1018,11 +1130,6 @@ impl Folder {
         } = staging;
         self.check_root()?;
         self.check_parents(&path)?;
-        let perms = fs::Permissions::from_mode(applied_mode(FileKind::File, meta.mode));
-        file.set_permissions(perms).map_err(io_err(&temp))?;
-        file.set_times(FileTimes::new().set_modified(system_time(meta.mtime_ns)))
-            .map_err(io_err(&temp))?;
-        file.sync_all().map_err(io_err(&temp))?;
         let stat = file.metadata().map_err(io_err(&temp))?;
         drop(file);
 
@@ -1043,12 +1150,12 @@ impl Folder {
             })?;
         }
         fs::rename(&temp, &abs).map_err(io_err(&abs))?;
-        self.sync_parent(&abs)?;
         let stat = Stat::of(&stat).ok_or_else(|| FolderError::Io {
             path: abs.clone(),
             source: io::Error::other("the temp file is not a regular file"),
         })?;
-        self.update_index(&[(path, Some(Entry { stat, meta }))])
+        let parent = abs.parent().unwrap_or(&self.root).to_owned();
+        Ok((path, Entry { stat, meta }, parent))
     }
 
     fn sync_parent(&self, abs: &Path) -> Result<(), FolderError> {

@@ -762,3 +762,59 @@ fn a_file_replaces_an_empty_directory_but_not_a_full_one() {
         }
     }
 }
+
+#[test]
+fn many_files_commit_together_and_each_gets_its_own_result() {
+    let fx = fixture();
+    fx.write("edited.txt", b"version 1");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let indexed = folder.local("edited.txt").expect("local").expect("indexed");
+    // Edited after the scan: its commit must be refused, the others must not be held back.
+    fx.write("edited.txt", b"version 2, local");
+    let mut items = Vec::new();
+    let mut written = Vec::new();
+    for i in 0..40 {
+        let data = noise(100 + i, 3_000 + i as usize * 37);
+        let meta = file_meta(&data, 0o644, 1_000_000_000 + i as i64);
+        let path = format!("d{}/f{i}.bin", i % 4);
+        let mut staging = folder.stage(&path, &meta).expect("stage");
+        for (piece, hash) in chunk_data(&data, &meta) {
+            folder
+                .write_chunk(&mut staging, &hash, piece)
+                .expect("write");
+        }
+        items.push((staging, None));
+        written.push((path, data, meta));
+    }
+    let remote = file_meta(b"remote", 0o644, 5);
+    let mut staging = folder.stage("edited.txt", &remote).expect("stage");
+    let (piece, hash) = chunk_data(b"remote", &remote)[0];
+    folder
+        .write_chunk(&mut staging, &hash, piece)
+        .expect("write");
+    items.push((staging, Some(indexed)));
+    let incomplete = file_meta(b"never written", 0o644, 6);
+    items.push((
+        folder.stage("missing.txt", &incomplete).expect("stage"),
+        None,
+    ));
+
+    let results = folder.commit_many(items);
+    assert_eq!(results.len(), 42);
+    assert!(results[..40].iter().all(Result::is_ok), "{results:?}");
+    assert!(matches!(results[40], Err(FolderError::LocalChange { .. })));
+    assert!(matches!(results[41], Err(FolderError::Incomplete { .. })));
+    for (path, data, meta) in &written {
+        assert_eq!(&fx.read(path), data);
+        assert_eq!(folder.local(path).expect("local").as_ref(), Some(meta));
+    }
+    assert_eq!(fx.read("edited.txt"), b"version 2, local");
+    assert!(!fx.root.join("missing.txt").exists());
+    // Committed files are indexed as they are: the next scan reports only the new folders
+    // and the local edit.
+    let scanned = folder.scan().expect("scan");
+    let mut changed = paths(&scanned);
+    changed.sort();
+    assert_eq!(changed, ["d0", "d1", "d2", "d3", "edited.txt"]);
+}

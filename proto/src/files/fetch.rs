@@ -233,6 +233,10 @@ impl Fetcher {
         // is asked alone).
         let room = MAX_OUTSTANDING_REQUESTS.saturating_sub(state.requests);
         let idle = state.requests == 0;
+        if room == 0 && !idle {
+            // Nothing fits; without this the search below would look at every want.
+            return None;
+        }
         let key = *self.queue.iter().find(|k| {
             holds(&k.0)
                 && self.wants.get(k).is_some_and(|w| {
