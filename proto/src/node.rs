@@ -687,10 +687,17 @@ impl Node {
             SessionEvent::Established(n) => {
                 if let Some(old) = self.current.insert(peer, conn)
                     && old != conn
-                    && let Some(o) = self.conns.get_mut(&old)
                 {
-                    o.session
-                        .close(now, CloseCode::DUPLICATE, "replaced by a newer connection");
+                    if let Some(o) = self.conns.get_mut(&old) {
+                        o.session.close(
+                            now,
+                            CloseCode::DUPLICATE,
+                            "replaced by a newer connection",
+                        );
+                    }
+                    // Answers to what was asked on the old connection will not be read: ask
+                    // again on the new one.
+                    self.fetcher.peer_down(&peer);
                 }
                 for replica in self.shares.values_mut() {
                     if replica.is_member(&peer) {

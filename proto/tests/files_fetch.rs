@@ -193,3 +193,50 @@ fn wants_stall_at_once_when_the_last_member_goes_away() {
         "still wanted for later"
     );
 }
+
+#[test]
+fn a_connection_replaced_mid_fetch_asks_again_on_the_new_one() {
+    let mut a = Host::new(1, &[1, 2]);
+    let wanted = content(7, 3000);
+    a.chunks.insert(wanted.0, wanted.1.clone());
+    let b = Host::new(2, &[1, 2]);
+    let mut net = Net::new(vec![a, b], vec![(0, 1)]);
+    net.hosts[1].node.want_chunk(SHARE, wanted.0, 3000);
+    // The request leaves on the first connection and is lost with it: a second connection
+    // to the same peer (found again by discovery, say) replaces it before the answer.
+    let mut sent = 0;
+    while net.hosts[1]
+        .node
+        .poll_transmit(net.now, conn(1, 0))
+        .is_some()
+    {
+        sent += 1;
+    }
+    assert!(sent > 0, "the request went out");
+    let (old_a, old_b) = (200, 201);
+    let (ka, kb) = (net.hosts[0].node.device(), net.hosts[1].node.device());
+    net.hosts[0].node.handle_connected(net.now, old_a, kb);
+    net.hosts[1].node.handle_connected(net.now, old_b, ka);
+    loop {
+        let mut moved = false;
+        for (from, fc, to, tc) in [(0, old_a, 1, old_b), (1, old_b, 0, old_a)] {
+            net.hosts[from].drain();
+            if let Some(bytes) = net.hosts[from].node.poll_transmit(net.now, fc) {
+                net.hosts[to].node.handle_bytes(net.now, tc, &bytes);
+                net.hosts[to].drain();
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(
+        net.hosts[1]
+            .arrived
+            .get(&wanted.0)
+            .is_some_and(|d| d[..] == wanted.1[..]),
+        "asked again on the new connection"
+    );
+    assert_eq!(net.hosts[1].node.chunks_wanted(), 0);
+}

@@ -1272,7 +1272,8 @@ impl<R: Runtime> Syncer<R> {
                     .into_iter()
                     .map(|(p, hash, d)| {
                         let written = match s.stagings.get_mut(&p) {
-                            Some(staging) => s.folder.write_chunk(staging, &hash, &d),
+                            // Verified by the node's fetch scheduler.
+                            Some(staging) => s.folder.write_verified_chunk(staging, &hash, &d),
                             None => Ok(()),
                         };
                         (p, hash, written)

@@ -997,13 +997,31 @@ impl Folder {
         hash: &Hash,
         data: &[u8],
     ) -> Result<(), FolderError> {
-        let Some((len, offsets)) = staging.missing.get(hash) else {
-            return Ok(());
-        };
-        if data.len() != *len as usize || Sha256::digest(data)[..] != hash[..] {
+        if staging.missing.contains_key(hash) && Sha256::digest(data)[..] != hash[..] {
             return Err(FolderError::BadMeta {
                 path: staging.path.clone(),
                 why: "chunk data does not match its hash".into(),
+            });
+        }
+        self.write_verified_chunk(staging, hash, data)
+    }
+
+    /// [`Folder::write_chunk`] for data already checked against `hash` (the fetch scheduler
+    /// verifies every chunk before handing it over): hashing it again would double the cost
+    /// of receiving. Only the length is checked.
+    pub fn write_verified_chunk(
+        &mut self,
+        staging: &mut Staging,
+        hash: &Hash,
+        data: &[u8],
+    ) -> Result<(), FolderError> {
+        let Some((len, offsets)) = staging.missing.get(hash) else {
+            return Ok(());
+        };
+        if data.len() != *len as usize {
+            return Err(FolderError::BadMeta {
+                path: staging.path.clone(),
+                why: "chunk data does not match its length".into(),
             });
         }
         for &at in offsets {

@@ -108,6 +108,9 @@ pub struct Fetcher {
     /// Further pieces of chunks already assigned, waiting to be handed out.
     pending: VecDeque<(DeviceId, Request)>,
     events: VecDeque<FetchEvent>,
+    /// Stalled wants by retry time (mirrors `Want::retry_at`), so the next deadline costs
+    /// no walk over every want.
+    retries: BTreeSet<(Timestamp, WantKey)>,
 }
 
 impl Fetcher {
@@ -163,7 +166,10 @@ impl Fetcher {
     /// dropped when they arrive.
     pub fn cancel(&mut self, share: &ShareId, hash: &Hash) {
         let key = (*share, *hash);
-        if self.wants.remove(&key).is_some() {
+        if let Some(want) = self.wants.remove(&key) {
+            if let Some(t) = want.retry_at {
+                self.retries.remove(&(t, key));
+            }
             self.queue.remove(&key);
             self.forget_requests(|_, k| *k == key);
         }
@@ -188,7 +194,9 @@ impl Fetcher {
         self.peers.entry(peer).or_default();
         for (key, want) in &mut self.wants {
             if want.tried.remove(&peer) && want.peer.is_none() {
-                want.retry_at = None;
+                if let Some(t) = want.retry_at.take() {
+                    self.retries.remove(&(t, *key));
+                }
                 self.queue.insert(*key);
             }
         }
@@ -372,7 +380,10 @@ impl Fetcher {
         if others {
             self.queue.insert(key);
         } else if let Some(want) = self.wants.get_mut(&key) {
-            want.retry_at = Some(now + RETRY_AFTER);
+            if let Some(t) = want.retry_at.replace(now + RETRY_AFTER) {
+                self.retries.remove(&(t, key));
+            }
+            self.retries.insert((now + RETRY_AFTER, key));
             self.events.push_back(FetchEvent::Stalled {
                 share: key.0,
                 hash: key.1,
@@ -382,18 +393,24 @@ impl Fetcher {
 
     /// Retries stalled wants whose time has come.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        for (key, want) in &mut self.wants {
-            if want.retry_at.is_some_and(|t| t <= now) {
+        while let Some(&(t, key)) = self.retries.first() {
+            if t > now {
+                break;
+            }
+            self.retries.pop_first();
+            if let Some(want) = self.wants.get_mut(&key)
+                && want.retry_at == Some(t)
+            {
                 want.retry_at = None;
                 want.tried.clear();
-                self.queue.insert(*key);
+                self.queue.insert(key);
             }
         }
     }
 
     /// When [`handle_timeout`](Fetcher::handle_timeout) should next run.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.wants.values().filter_map(|w| w.retry_at).min()
+        self.retries.first().map(|(t, _)| *t)
     }
 
     /// The next event.
