@@ -13,7 +13,7 @@ use clearskies_proto::code::AccessCode;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::{Member, ShareId};
 use clearskies_proto::identity::DeviceId;
-use clearskies_proto::node::{Event, Node};
+use clearskies_proto::node::{Event, Node, Origin as Dialled};
 use clearskies_proto::pair::Invitations;
 use clearskies_proto::session::{CloseReason, SessionConfig};
 use clearskies_proto::wire::CloseCode;
@@ -316,7 +316,10 @@ async fn serve(
     if purpose == Purpose::Member {
         lock(&net.incoming).insert(peer.device_id, Instant::now());
         device.saw_address(peer.device_id, Some(SocketAddr::new(from, 0)));
-        let _ = device.node.add_connection(peer.device_id, link).await;
+        let _ = device
+            .node
+            .add_connection_from(peer.device_id, Dialled::Accepted, link)
+            .await;
         return;
     }
     let binding = match link.channel_binding() {
@@ -425,7 +428,7 @@ async fn dial(net: Arc<Network>, addr: SocketAddr, origin: Origin) {
                     let (link, first_error) = link.watched();
                     if device
                         .node
-                        .add_connection(peer.device_id, link)
+                        .add_connection_from(peer.device_id, Dialled::Dialed, link)
                         .await
                         .is_err()
                     {

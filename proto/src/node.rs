@@ -36,6 +36,7 @@ use crate::session::{
 };
 use crate::time::{Clock, Timestamp};
 use crate::wire::{CloseCode, ExtensionMessage, Message};
+use core::time::Duration;
 
 /// A connection as the driver names it.
 pub type ConnId = u64;
@@ -132,10 +133,30 @@ pub enum Output {
 #[derive(Debug)]
 struct Conn {
     peer: DeviceId,
+    origin: Origin,
+    /// When its session was established.
+    since: Option<Timestamp>,
     session: Session,
     /// Chunk requests of the peer not yet answered.
     serving: usize,
 }
+
+/// Which side opened a connection, as the driver knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// This device dialled.
+    Dialed,
+    /// The peer dialled.
+    Accepted,
+    /// Not said: a duplicate session then simply replaces the older one.
+    Unknown,
+}
+
+/// Two sessions with one peer established within this time of each other are a simultaneous
+/// open (both sides dialled, or discovery and a configured address at once): both devices
+/// keep the same one, the one dialled by the device with the smaller ID. Otherwise the newer
+/// replaces the older (whose peer is likely gone without a word).
+pub const SIMULTANEOUS_OPEN: Duration = Duration::from_secs(10);
 
 /// A device's protocol state. See the [module docs](self).
 #[derive(Debug)]
@@ -446,6 +467,19 @@ impl Node {
     /// A transport to `peer` is open; the driver authenticated the peer's device key (TLS
     /// with pinned keys). Starts a session on it.
     pub fn handle_connected(&mut self, now: Timestamp, conn: ConnId, peer: DeviceId) {
+        self.handle_connected_from(now, conn, peer, Origin::Unknown);
+    }
+
+    /// [`handle_connected`](Node::handle_connected), saying which side dialled: then two
+    /// sessions opened with a peer at the same time are resolved to the same one on both
+    /// sides (see [`SIMULTANEOUS_OPEN`]) instead of each side closing the other's choice.
+    pub fn handle_connected_from(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        peer: DeviceId,
+        origin: Origin,
+    ) {
         let now = self.clock.observe(now);
         // The configuration was validated when the node was built from it.
         match Session::new(self.session_config.clone(), now) {
@@ -454,12 +488,38 @@ impl Node {
                     conn,
                     Conn {
                         peer,
+                        origin,
+                        since: None,
                         session,
                         serving: 0,
                     },
                 );
             }
             Err(_) => self.outputs.push_back(Output::Close { conn }),
+        }
+    }
+
+    /// Whether the established session `old` stays and the newly established `new` (same
+    /// peer) is closed. Both devices decide alike for a simultaneous open whose sides are
+    /// known; otherwise the newer wins.
+    fn keeps_older(&self, now: Timestamp, old: ConnId, new: ConnId) -> bool {
+        let (Some(o), Some(n)) = (self.conns.get(&old), self.conns.get(&new)) else {
+            return false;
+        };
+        let simultaneous = o
+            .since
+            .is_some_and(|t| now.saturating_since(t) < SIMULTANEOUS_OPEN);
+        let me = self.key.device_id();
+        let dialer = |c: &Conn| match c.origin {
+            Origin::Dialed => Some(me),
+            Origin::Accepted => Some(c.peer),
+            Origin::Unknown => None,
+        };
+        match (simultaneous, dialer(o), dialer(n)) {
+            // The one dialled by the smaller device ID stays (two dials by the same device:
+            // the newer, which both sides see last).
+            (true, Some(a), Some(b)) if a != b => a < b,
+            _ => false,
         }
     }
 
@@ -685,6 +745,22 @@ impl Node {
         let in_use = self.current.get(&peer) == Some(&conn);
         match event {
             SessionEvent::Established(n) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.since = Some(now);
+                }
+                if let Some(&old) = self.current.get(&peer)
+                    && old != conn
+                    && self.keeps_older(now, old, conn)
+                {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.session.close(
+                            now,
+                            CloseCode::DUPLICATE,
+                            "opened at the same time as another connection, which is kept",
+                        );
+                    }
+                    return;
+                }
                 if let Some(old) = self.current.insert(peer, conn)
                     && old != conn
                 {

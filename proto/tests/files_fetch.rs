@@ -4,6 +4,8 @@
 mod common;
 
 use clearskies_proto::files::Hash;
+use clearskies_proto::node::ConnId;
+use clearskies_proto::node::Origin;
 use common::net::{Host, Net, SHARE, conn, device};
 use sha2::{Digest, Sha256};
 
@@ -239,4 +241,101 @@ fn a_connection_replaced_mid_fetch_asks_again_on_the_new_one() {
         "asked again on the new connection"
     );
     assert_eq!(net.hosts[1].node.chunks_wanted(), 0);
+}
+
+/// Moves frames over the given connections (host, its conn id, other host, its conn id) until
+/// nothing moves.
+fn pump_pairs(net: &mut Net, pairs: &[(usize, ConnId, usize, ConnId)]) {
+    loop {
+        let mut moved = false;
+        for &(a, ca, b, cb) in pairs {
+            for (from, fc, to, tc) in [(a, ca, b, cb), (b, cb, a, ca)] {
+                net.hosts[from].drain();
+                if let Some(bytes) = net.hosts[from].node.poll_transmit(net.now, fc) {
+                    net.hosts[to].node.handle_bytes(net.now, tc, &bytes);
+                    net.hosts[to].drain();
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_simultaneous_open_keeps_the_same_connection_on_both_sides() {
+    // A dials B (x) while B dials A (y), and each side sees the other's session come up
+    // second. Each closing its older one would close both.
+    let mut a = Host::new(1, &[1, 2]);
+    let wanted = content(9, 4000);
+    a.chunks.insert(wanted.0, wanted.1.clone());
+    let b = Host::new(2, &[1, 2]);
+    let mut net = Net::new(vec![a, b], vec![]);
+    let (ka, kb) = (net.hosts[0].node.device(), net.hosts[1].node.device());
+    let (xa, xb, ya, yb): (ConnId, ConnId, ConnId, ConnId) = (1, 2, 3, 4);
+    net.hosts[0]
+        .node
+        .handle_connected_from(net.now, xa, kb, Origin::Dialed);
+    net.hosts[1]
+        .node
+        .handle_connected_from(net.now, xb, ka, Origin::Accepted);
+    net.hosts[0]
+        .node
+        .handle_connected_from(net.now, ya, kb, Origin::Accepted);
+    net.hosts[1]
+        .node
+        .handle_connected_from(net.now, yb, ka, Origin::Dialed);
+    let hello = |net: &mut Net, host: usize, c: ConnId| {
+        let mut frames = Vec::new();
+        while let Some(f) = net.hosts[host].node.poll_transmit(net.now, c) {
+            frames.push(f);
+        }
+        frames
+    };
+    let (on_xa, on_xb, on_ya, on_yb) = (
+        hello(&mut net, 0, xa),
+        hello(&mut net, 1, xb),
+        hello(&mut net, 0, ya),
+        hello(&mut net, 1, yb),
+    );
+    // A completes x first, then y; B completes y first, then x.
+    for f in &on_xb {
+        net.hosts[0].node.handle_bytes(net.now, xa, f);
+    }
+    for f in &on_yb {
+        net.hosts[0].node.handle_bytes(net.now, ya, f);
+    }
+    for f in &on_ya {
+        net.hosts[1].node.handle_bytes(net.now, yb, f);
+    }
+    for f in &on_xa {
+        net.hosts[1].node.handle_bytes(net.now, xb, f);
+    }
+    net.hosts[0].drain();
+    net.hosts[1].drain();
+    pump_pairs(&mut net, &[(0, xa, 1, xb), (0, ya, 1, yb)]);
+    // The connection dialled by the smaller device ID is the one both keep.
+    let (keep_a, keep_b) = if ka < kb { (xa, xb) } else { (ya, yb) };
+    let (drop_a, drop_b) = if ka < kb { (ya, yb) } else { (xa, xb) };
+    assert!(net.hosts[0].closed.contains(&drop_a), "A drops the other");
+    assert!(net.hosts[1].closed.contains(&drop_b), "B drops the other");
+    assert!(
+        !net.hosts[0].closed.contains(&keep_a),
+        "A keeps the chosen one"
+    );
+    assert!(
+        !net.hosts[1].closed.contains(&keep_b),
+        "B keeps the chosen one"
+    );
+    // And it carries the share.
+    net.hosts[1].node.want_chunk(SHARE, wanted.0, 4000);
+    pump_pairs(&mut net, &[(0, keep_a, 1, keep_b)]);
+    assert!(
+        net.hosts[1]
+            .arrived
+            .get(&wanted.0)
+            .is_some_and(|d| d[..] == wanted.1[..])
+    );
 }

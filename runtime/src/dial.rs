@@ -6,6 +6,7 @@ use std::io;
 use std::time::Duration;
 
 use clearskies_net::PeerKey;
+use clearskies_proto::node::Origin;
 
 use crate::Runtime;
 use crate::node::{IntoStream, NodeHandle};
@@ -35,7 +36,11 @@ where
         let established = match connect().await {
             Ok((peer, stream)) => {
                 let device = peer.device_id;
-                if node.add_connection(device, stream).await.is_err() {
+                if node
+                    .add_connection_from(device, Origin::Dialed, stream)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 if established_within(runtime, node, device).await {

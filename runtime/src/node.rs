@@ -13,7 +13,7 @@ use bytes::Bytes;
 use clearskies_proto::db::{self, Dot, Entry, Member, ShareId, VersionVector};
 use clearskies_proto::files::Hash;
 use clearskies_proto::identity::DeviceId;
-use clearskies_proto::node::{ConnId, Event, Node, Output};
+use clearskies_proto::node::{ConnId, Event, Node, Origin, Output};
 use clearskies_store::{ReplicaStore, StoreError};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,6 +92,7 @@ impl std::error::Error for NodeError {}
 enum Input {
     Connection {
         peer: DeviceId,
+        origin: Origin,
         stream: Box<dyn Stream>,
     },
     Bytes(ConnId, Bytes),
@@ -200,14 +201,30 @@ impl NodeHandle {
     }
 
     /// Hands the node an authenticated connection to `peer` (TLS verified the peer's key).
+    /// Prefer [`add_connection_from`](NodeHandle::add_connection_from) where it is known who
+    /// dialled.
     pub async fn add_connection<Family>(
         &self,
         peer: DeviceId,
         stream: impl IntoStream<Family>,
     ) -> Result<(), NodeError> {
+        self.add_connection_from(peer, Origin::Unknown, stream)
+            .await
+    }
+
+    /// [`add_connection`](NodeHandle::add_connection), saying which side dialled, so that a
+    /// simultaneous open (both devices dialling each other, or discovery and a configured
+    /// address at once) leaves both devices with the same session.
+    pub async fn add_connection_from<Family>(
+        &self,
+        peer: DeviceId,
+        origin: Origin,
+        stream: impl IntoStream<Family>,
+    ) -> Result<(), NodeError> {
         self.inputs
             .send(Input::Connection {
                 peer,
+                origin,
                 stream: stream.into_stream(),
             })
             .await
@@ -611,7 +628,11 @@ impl<R: Runtime> Owner<R> {
     fn handle(&mut self, input: Input) -> bool {
         let now = self.clock.now();
         match input {
-            Input::Connection { peer, stream } => {
+            Input::Connection {
+                peer,
+                origin,
+                stream,
+            } => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
                 let (reader, writer) = stream.split();
@@ -625,7 +646,7 @@ impl<R: Runtime> Owner<R> {
                     frames_rx,
                     self.inputs.clone(),
                 )));
-                self.node.handle_connected(now, conn, peer);
+                self.node.handle_connected_from(now, conn, peer, origin);
             }
             Input::Bytes(conn, bytes) => self.node.handle_bytes(now, conn, &bytes),
             Input::Closed(conn) => {
