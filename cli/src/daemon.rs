@@ -672,9 +672,8 @@ pub fn run(
         for (_, folder) in device.folder_handles() {
             folder.stop();
         }
+        // Returns once the sessions are closed and the stores released.
         device.node.shutdown().await;
-        // Let the node's task release the stores.
-        tokio::time::sleep(Duration::from_millis(100)).await;
         result
     })
 }
@@ -730,8 +729,11 @@ async fn wait_for_signal() -> Result<(), Failure> {
     Ok(())
 }
 
-/// How long a check-in with LAN discovery waits for answers to its hello before it may
-/// finish: answers come within half a second (`spec/discovery.md` § 7).
+/// How often a check-in looks at whether everything agrees.
+const CHECK_IN_POLL: Duration = Duration::from_millis(25);
+
+/// How long a check-in with LAN discovery and no address to go by waits for answers to its
+/// hello before it may finish: answers come within half a second (`spec/discovery.md` § 7).
 const DISCOVERY_GRACE: Duration = Duration::from_millis(1500);
 
 /// How long a check-in waits for a dial of a discovered address to connect.
@@ -778,7 +780,10 @@ async fn check_in(
         let dialling = lock(&net.first_attempts).values().any(|(origin, since)| {
             *origin != Origin::Discovered || since.elapsed() < DISCOVERED_ANSWER
         });
-        let waiting_for_answers = discovery && started.elapsed() < DISCOVERY_GRACE;
+        // Without addresses to go by, give the LAN a moment to answer; with them, every peer
+        // found by then counts, and the check-in does not wait for more.
+        let waiting_for_answers =
+            discovery && statics.is_empty() && started.elapsed() < DISCOVERY_GRACE;
         if !connected.is_empty()
             && statics_reached == statics.len()
             && !dialling
@@ -794,11 +799,9 @@ async fn check_in(
                     all &= device.node.folder_complete(id).await.unwrap_or(false);
                 }
             }
-            // Records that just arrived reach the folders a moment later: agreeing twice in
-            // a row, a little apart, means nothing was on its way.
+            // Agreeing twice in a row, a poll apart, means nothing was on its way. The last
+            // frames leave with the node's shutdown, which closes each session cleanly.
             if all && settled {
-                // Let the last frames leave before the sessions close.
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 break Ok(());
             }
             settled = all;
@@ -836,7 +839,7 @@ async fn check_in(
                 )
             }));
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(CHECK_IN_POLL).await;
     };
     progress.finish();
     result

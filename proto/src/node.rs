@@ -523,6 +523,15 @@ impl Node {
         }
     }
 
+    /// Ends every session with `GOING_AWAY` (this device is shutting down or going to sleep):
+    /// each hands out its CLOSE from [`poll_transmit`](Node::poll_transmit), last.
+    pub fn close_all(&mut self, now: Timestamp, reason: &str) {
+        let now = self.clock.observe(now);
+        for c in self.conns.values_mut() {
+            c.session.close(now, CloseCode::GOING_AWAY, reason);
+        }
+    }
+
     /// Bytes arrived on `conn`.
     pub fn handle_bytes(&mut self, now: Timestamp, conn: ConnId, data: &[u8]) {
         let now = self.clock.observe(now);

@@ -28,6 +28,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Inputs the owner handles per wake-up before re-checking timers and writers.
 const INPUTS_PER_WAKE: usize = 64;
 
+/// How long a shutdown waits for the sessions' last frames (their CLOSE) to leave.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A byte stream the driver can run a session on (a TLS stream, a TCP stream in tests), as
 /// `futures-io` sees it.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -175,7 +178,8 @@ enum Input {
         prefix: String,
         reply: oneshot::Sender<Vec<(String, Entry)>>,
     },
-    Shutdown,
+    /// Answered once the sessions are closed and the stores released.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// The application's side of a running node. Cheap to clone.
@@ -444,7 +448,10 @@ impl NodeHandle {
 
     /// Stops the node: sessions are closed, the task returns.
     pub async fn shutdown(&self) {
-        let _ = self.inputs.send(Input::Shutdown).await;
+        let (reply, done) = oneshot::channel();
+        if self.inputs.send(Input::Shutdown(reply)).await.is_ok() {
+            let _ = done.await;
+        }
     }
 }
 
@@ -521,6 +528,7 @@ pub fn node<R: Runtime>(
 ) -> (NodeHandle, mpsc::Receiver<Event>, BoxFuture<()>) {
     let (inputs, receiver) = mpsc::channel(256);
     let (events_tx, events) = mpsc::channel(1024);
+    let (write_loops, write_loops_done) = mpsc::channel(1);
     let owner = Owner {
         runtime,
         node,
@@ -534,6 +542,9 @@ pub fn node<R: Runtime>(
         watchers: Vec::new(),
         next_collection: clearskies_proto::Timestamp::ZERO,
         next_conn: 1,
+        write_loops: Some(write_loops),
+        write_loops_done,
+        shutdown_replies: Vec::new(),
         events: events_tx,
     };
     (NodeHandle { inputs }, events, Box::pin(owner.run(receiver)))
@@ -565,11 +576,31 @@ struct Owner<R> {
     next_collection: clearskies_proto::Timestamp,
     next_conn: ConnId,
     events: mpsc::Sender<Event>,
+    /// Every write loop holds a clone; all dropped means every connection is closed.
+    write_loops: Option<mpsc::Sender<()>>,
+    write_loops_done: mpsc::Receiver<()>,
+    shutdown_replies: Vec<oneshot::Sender<()>>,
 }
 
 impl<R: Runtime> Owner<R> {
     async fn run(mut self, inputs: mpsc::Receiver<Input>) {
         self.serve(inputs).await;
+        // Tell every peer (GOING_AWAY), let what is queued leave, and close the transports,
+        // for at most SHUTDOWN_GRACE: a peer that stopped reading does not hold us up.
+        let runtime = self.runtime.clone();
+        let grace = crate::sleep(&runtime, SHUTDOWN_GRACE);
+        let close = async {
+            self.node.close_all(self.clock.now(), "shutting down");
+            self.flush().await;
+            self.writers.clear();
+            self.write_loops = None;
+            self.write_loops_done.recv().await
+        };
+        tokio::select! {
+            _ = close => {}
+            () = grace => {}
+        }
+        self.writers.clear();
         // Let each store finish the batches it has, then release its file, before the task
         // ends: a node restarted right after can open it again.
         self.stores.clear();
@@ -580,6 +611,9 @@ impl<R: Runtime> Owner<R> {
             }
         })
         .await;
+        for reply in self.shutdown_replies.drain(..) {
+            let _ = reply.send(());
+        }
     }
 
     async fn serve(&mut self, mut inputs: mpsc::Receiver<Input>) {
@@ -645,6 +679,7 @@ impl<R: Runtime> Owner<R> {
                     writer,
                     frames_rx,
                     self.inputs.clone(),
+                    self.write_loops.clone(),
                 )));
                 self.node.handle_connected_from(now, conn, peer, origin);
             }
@@ -831,7 +866,10 @@ impl<R: Runtime> Owner<R> {
                     .unwrap_or_default();
                 let _ = reply.send(members);
             }
-            Input::Shutdown => return false,
+            Input::Shutdown(reply) => {
+                self.shutdown_replies.push(reply);
+                return false;
+            }
         }
         true
     }
@@ -1013,6 +1051,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut frames: mpsc::Receiver<Bytes>,
     inputs: mpsc::Sender<Input>,
+    // Dropped when the loop ends (the node's shutdown waits for all of them).
+    _alive: Option<mpsc::Sender<()>>,
 ) {
     while let Some(frame) = frames.recv().await {
         if writer.write_all(&frame).await.is_err() {
