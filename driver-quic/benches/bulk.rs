@@ -2,8 +2,9 @@
 //! one run (the "Measure" item of the drivers issue; results in `bench/README.md`).
 //!
 //! ```text
-//! cargo bench -p clearskies-quic --bench bulk                 # 256 MiB a case, about a minute
-//! BULK_MIB=1024 cargo bench -p clearskies-quic --bench bulk   # larger
+//! cargo bench -p clearskies-quic --bench bulk                 # 1 GiB a case, 3 rounds, ~1 min
+//! BULK_MIB=4096 BULK_ROUNDS=5 cargo bench -p clearskies-quic --bench bulk   # larger
+//! BULK_CASE=QUIC cargo bench -p clearskies-quic --bench bulk  # the cases whose name has QUIC
 //! ```
 //!
 //! Cases, each a fresh connection between two endpoints of this process on 127.0.0.1:
@@ -45,6 +46,35 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 const SHARE: ShareId = [8; 32];
+
+const RAW_TOKIO: &str = "raw TCP+rustls (tokio)";
+const RAW_QUINN: &str = "raw quinn (one stream)";
+const RAW_ASYNC_STD: &str = "raw TCP+rustls (async-std)";
+const NODE_TOKIO: &str = "node, tokio TCP+TLS";
+const NODE_QUIC: &str = "node, QUIC";
+const NODE_ASYNC_STD: &str = "node, async-std TCP+TLS";
+/// Each node case and the raw transport it is compared with.
+const BASELINES: [(&str, &str); 3] = [
+    (NODE_TOKIO, RAW_TOKIO),
+    (NODE_QUIC, RAW_QUINN),
+    (NODE_ASYNC_STD, RAW_ASYNC_STD),
+];
+
+/// What to run: bytes per case, how many rounds, which cases.
+struct Plan {
+    total: u64,
+    rounds: usize,
+    /// Only cases whose name contains this (`BULK_CASE`).
+    only: Option<String>,
+}
+
+impl Plan {
+    fn wants(&self, case: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| case.contains(only.as_str()))
+    }
+}
 /// The length of every chunk served (a chunk of a file of a few GiB, `spec/files.md`).
 const CHUNK: usize = 1024 * 1024;
 /// Bytes per write on the raw transports.
@@ -74,6 +104,7 @@ fn cpu_seconds() -> f64 {
 }
 
 /// One measured case.
+#[derive(Clone)]
 struct Measured {
     name: &'static str,
     bytes: u64,
@@ -286,7 +317,7 @@ where
 }
 
 /// The cases on tokio: raw TCP + rustls, raw quinn, and the nodes over each.
-fn tokio_cases(total: u64, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured> {
+fn tokio_cases(plan: &Plan, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured> {
     use clearskies_tokio::Tokio;
     use clearskies_tokio::node::{FuturesIo, TokioIo};
     use clearskies_tokio::tls;
@@ -318,99 +349,108 @@ fn tokio_cases(total: u64, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured>
             )
         };
 
+        let total = plan.total;
         let mut results = Vec::new();
 
-        let ((_, server), (_, client)) = tls_pair().await;
-        results.push(
-            measure("raw TCP+rustls (tokio)", async {
-                let sending = tokio::spawn(send_all(client, total));
-                let received = receive_all(server).await;
-                sending.await.expect("sender");
-                received
-            })
-            .await,
-        );
+        if plan.wants(RAW_TOKIO) {
+            let ((_, server), (_, client)) = tls_pair().await;
+            results.push(
+                measure(RAW_TOKIO, async {
+                    let sending = tokio::spawn(send_all(client, total));
+                    let received = receive_all(server).await;
+                    sending.await.expect("sender");
+                    received
+                })
+                .await,
+            );
+        }
 
-        let (a, b) = endpoints();
-        let addr = a.local_addr().unwrap();
-        // The listener's accept finishes the handshake, then waits for the stream, which
-        // quinn announces with its first bytes: it runs while the sender starts.
-        let accepting = tokio::spawn(async move {
-            let incoming = a.accept().await.expect("an incoming connection");
-            clearskies_quic::accept(&a, incoming)
-                .await
-                .expect("accept")
-                .1
-        });
-        let (_, client) = clearskies_quic::connect(&b, addr).await.expect("dial");
-        results.push(
-            measure("raw quinn (one stream)", async {
-                let sending =
-                    tokio::spawn(send_all(IntoStream::<TokioIo>::into_stream(client), total));
-                let server = accepting.await.expect("accepting");
-                let received = receive_all(IntoStream::<TokioIo>::into_stream(server)).await;
-                // The sender's stream (and so its connection) lives until everything is read.
-                drop(sending.await.expect("sender"));
-                received
-            })
-            .await,
-        );
+        if plan.wants(RAW_QUINN) {
+            let (a, b) = endpoints();
+            let addr = a.local_addr().unwrap();
+            // The listener's accept finishes the handshake, then waits for the stream, which
+            // quinn announces with its first bytes: it runs while the sender starts.
+            let accepting = tokio::spawn(async move {
+                let incoming = a.accept().await.expect("an incoming connection");
+                clearskies_quic::accept(&a, incoming)
+                    .await
+                    .expect("accept")
+                    .1
+            });
+            let (_, client) = clearskies_quic::connect(&b, addr).await.expect("dial");
+            results.push(
+                measure(RAW_QUINN, async {
+                    let sending =
+                        tokio::spawn(send_all(IntoStream::<TokioIo>::into_stream(client), total));
+                    let server = accepting.await.expect("accepting");
+                    let received = receive_all(IntoStream::<TokioIo>::into_stream(server)).await;
+                    // The sender's stream (and so its connection) lives until everything is read.
+                    drop(sending.await.expect("sender"));
+                    received
+                })
+                .await,
+            );
+        }
 
-        results.push(
-            node_case(
-                "node, tokio TCP+TLS",
-                Tokio,
-                chunks.clone(),
-                async |a: &NodeHandle, b: &NodeHandle| {
-                    let ((peer_b, server), (peer_a, client)) = tls_pair().await;
-                    a.add_connection::<FuturesIo>(peer_b.device_id, server)
-                        .await
-                        .unwrap();
-                    b.add_connection::<FuturesIo>(peer_a.device_id, client)
-                        .await
-                        .unwrap();
-                },
-            )
-            .await,
-        );
-
-        let (ea, eb) = endpoints();
-        results.push(
-            node_case(
-                "node, QUIC",
-                Tokio,
-                chunks.clone(),
-                async |a: &NodeHandle, b: &NodeHandle| {
-                    // The dialer's stream goes to its node (which writes the preface) while the
-                    // listener still waits for it.
-                    let addr = ea.local_addr().unwrap();
-                    let accepting = async {
-                        let incoming = ea.accept().await.expect("an incoming connection");
-                        let (peer, stream) = clearskies_quic::accept(&ea, incoming)
-                            .await
-                            .expect("accept");
-                        a.add_connection::<TokioIo>(peer.device_id, stream)
+        if plan.wants(NODE_TOKIO) {
+            results.push(
+                node_case(
+                    NODE_TOKIO,
+                    Tokio,
+                    chunks.clone(),
+                    async |a: &NodeHandle, b: &NodeHandle| {
+                        let ((peer_b, server), (peer_a, client)) = tls_pair().await;
+                        a.add_connection::<FuturesIo>(peer_b.device_id, server)
                             .await
                             .unwrap();
-                    };
-                    let dialing = async {
-                        let (peer, stream) =
-                            clearskies_quic::connect(&eb, addr).await.expect("dial");
-                        b.add_connection::<TokioIo>(peer.device_id, stream)
+                        b.add_connection::<FuturesIo>(peer_a.device_id, client)
                             .await
                             .unwrap();
-                    };
-                    tokio::join!(accepting, dialing);
-                },
-            )
-            .await,
-        );
+                    },
+                )
+                .await,
+            );
+        }
+
+        if plan.wants(NODE_QUIC) {
+            let (ea, eb) = endpoints();
+            results.push(
+                node_case(
+                    NODE_QUIC,
+                    Tokio,
+                    chunks.clone(),
+                    async |a: &NodeHandle, b: &NodeHandle| {
+                        // The dialer's stream goes to its node (which writes the preface) while the
+                        // listener still waits for it.
+                        let addr = ea.local_addr().unwrap();
+                        let accepting = async {
+                            let incoming = ea.accept().await.expect("an incoming connection");
+                            let (peer, stream) = clearskies_quic::accept(&ea, incoming)
+                                .await
+                                .expect("accept");
+                            a.add_connection::<TokioIo>(peer.device_id, stream)
+                                .await
+                                .unwrap();
+                        };
+                        let dialing = async {
+                            let (peer, stream) =
+                                clearskies_quic::connect(&eb, addr).await.expect("dial");
+                            b.add_connection::<TokioIo>(peer.device_id, stream)
+                                .await
+                                .unwrap();
+                        };
+                        tokio::join!(accepting, dialing);
+                    },
+                )
+                .await,
+            );
+        }
         results
     })
 }
 
 /// The cases on async-std: raw TCP + rustls on `async-net`, and the node over it.
-fn async_std_cases(total: u64, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured> {
+fn async_std_cases(plan: &Plan, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured> {
     use clearskies_async_std::AsyncIo;
     use clearskies_async_std::node::FuturesIo;
     use clearskies_async_std::tls;
@@ -435,81 +475,104 @@ fn async_std_cases(total: u64, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measu
             (accepted.expect("accept"), dialed.expect("dial"))
         };
 
+        let total = plan.total;
         let mut results = Vec::new();
-        let ((_, server), (_, client)) = tls_pair().await;
-        results.push(
-            measure("raw TCP+rustls (async-std)", async {
-                let sending = async_std::task::spawn(send_all(client, total));
-                let received = receive_all(server).await;
-                sending.await;
-                received
-            })
-            .await,
-        );
-        results.push(
-            node_case(
-                "node, async-std TCP+TLS",
-                runtime,
-                chunks.clone(),
-                async |a: &NodeHandle, b: &NodeHandle| {
-                    let ((peer_b, server), (peer_a, client)) = tls_pair().await;
-                    a.add_connection::<FuturesIo>(peer_b.device_id, server)
-                        .await
-                        .unwrap();
-                    b.add_connection::<FuturesIo>(peer_a.device_id, client)
-                        .await
-                        .unwrap();
-                },
-            )
-            .await,
-        );
+        if plan.wants(RAW_ASYNC_STD) {
+            let ((_, server), (_, client)) = tls_pair().await;
+            results.push(
+                measure(RAW_ASYNC_STD, async {
+                    let sending = async_std::task::spawn(send_all(client, total));
+                    let received = receive_all(server).await;
+                    sending.await;
+                    received
+                })
+                .await,
+            );
+        }
+        if plan.wants(NODE_ASYNC_STD) {
+            results.push(
+                node_case(
+                    NODE_ASYNC_STD,
+                    runtime,
+                    chunks.clone(),
+                    async |a: &NodeHandle, b: &NodeHandle| {
+                        let ((peer_b, server), (peer_a, client)) = tls_pair().await;
+                        a.add_connection::<FuturesIo>(peer_b.device_id, server)
+                            .await
+                            .unwrap();
+                        b.add_connection::<FuturesIo>(peer_a.device_id, client)
+                            .await
+                            .unwrap();
+                    },
+                )
+                .await,
+            );
+        }
         results
     })
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this with no such flag and a
-    // small size, as a smoke test.
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this with no such flag, as a
+    // smoke test of a few MiB.
     let benching = std::env::args().any(|arg| arg == "--bench");
-    let mib: u64 = match std::env::var("BULK_MIB") {
+    let number = |name: &str, default: u64| match std::env::var(name) {
         Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("BULK_MIB must be a whole number of MiB, not {value:?}")),
-        Err(_) if benching => 256,
-        Err(_) => 8,
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| panic!("{name} must be a whole number above 0, not {value:?}")),
+        Err(_) => default,
     };
-    let total = mib * 1024 * 1024;
-    eprintln!("bulk: {mib} MiB a case, loopback");
-    let chunks = make_chunks(total);
-
-    let mut results = tokio_cases(total, &chunks);
-    results.extend(async_std_cases(total, &chunks));
-
-    let by_name = |name: &str| {
-        results
-            .iter()
-            .find(|m| m.name == name)
-            .map(Measured::mb_per_s)
-            .expect("every case ran")
+    let mib = number("BULK_MIB", if benching { 1024 } else { 8 });
+    let plan = Plan {
+        total: mib * 1024 * 1024,
+        rounds: number("BULK_ROUNDS", if benching { 3 } else { 1 }) as usize,
+        only: std::env::var("BULK_CASE").ok(),
     };
-    let baseline = |name: &str| match name {
-        "node, tokio TCP+TLS" => Some("raw TCP+rustls (tokio)"),
-        "node, async-std TCP+TLS" => Some("raw TCP+rustls (async-std)"),
-        "node, QUIC" => Some("raw quinn (one stream)"),
-        _ => None,
+    eprintln!(
+        "bulk: {mib} MiB a case, {} round(s), loopback, {} CPUs",
+        plan.rounds,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    let chunks = make_chunks(plan.total);
+
+    // Rounds interleave the cases, so a slow moment of the machine does not fall on one case.
+    let mut runs: Vec<Measured> = Vec::new();
+    for round in 1..=plan.rounds {
+        eprintln!("round {round}");
+        runs.extend(tokio_cases(&plan, &chunks));
+        runs.extend(async_std_cases(&plan, &chunks));
+    }
+    let median = |name: &str| -> Option<Measured> {
+        let mut of_case: Vec<Measured> = runs.iter().filter(|m| m.name == name).cloned().collect();
+        of_case.sort_by(|x, y| x.mb_per_s().total_cmp(&y.mb_per_s()));
+        of_case.get(of_case.len() / 2).cloned()
     };
     println!();
-    println!("| case | MiB | s | MB/s | CPU s/GB | vs raw |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for m in &results {
-        let ratio = baseline(m.name)
-            .map(|raw| format!("{:.2}", m.mb_per_s() / by_name(raw)))
-            .unwrap_or_else(|| "—".into());
+    println!("medians of {} round(s), {mib} MiB a case:", plan.rounds);
+    println!("| case | MB/s | CPU s/GB | vs raw |");
+    println!("|---|---:|---:|---:|");
+    for name in [
+        RAW_TOKIO,
+        RAW_QUINN,
+        RAW_ASYNC_STD,
+        NODE_TOKIO,
+        NODE_QUIC,
+        NODE_ASYNC_STD,
+    ] {
+        let Some(m) = median(name) else { continue };
+        let ratio = BASELINES
+            .iter()
+            .find(|(node, _)| *node == name)
+            .and_then(|(_, raw)| median(raw))
+            .map_or_else(
+                || "—".into(),
+                |raw| format!("{:.2}", m.mb_per_s() / raw.mb_per_s()),
+            );
         println!(
-            "| {} | {} | {:.2} | {:.0} | {:.2} | {} |",
+            "| {} | {:.0} | {:.2} | {} |",
             m.name,
-            m.bytes / (1024 * 1024),
-            m.wall.as_secs_f64(),
             m.mb_per_s(),
             m.cpu_per_gb(),
             ratio
