@@ -473,7 +473,11 @@ impl Node {
             let Some(read) = c.waiting.pop_front() else {
                 return;
             };
-            c.reading.insert(read.id, read.len);
+            // A peer that reuses an outstanding id gets one answer for both; the sum stays
+            // that of the map.
+            if let Some(reused) = c.reading.insert(read.id, read.len) {
+                c.reading_bytes -= reused as usize;
+            }
             c.reading_bytes += read.len as usize;
             self.outputs.push_back(Output::ReadChunk {
                 conn,
