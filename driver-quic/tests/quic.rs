@@ -2,9 +2,10 @@
 //! UDP sockets: two devices with redb stores sync both ways and catch up after a restart, a
 //! stranger is refused in the handshake, a connection closed mid-transfer is reported and
 //! healed by reconnecting, a read-only member's writes are refused, and acknowledged writes
-//! survive a shutdown; the same on an endpoint that also serves pairing ([`bind_either`]).
-//! Plus what only QUIC has here: its channel binding, and members and pairing told apart by
-//! ALPN on one endpoint.
+//! survive a shutdown; the same on an endpoint that also serves pairing ([`bind_either`]), on
+//! which a device also pairs with an access code and then syncs as a member. Plus what only
+//! QUIC has here: its channel binding, and members and pairing told apart by ALPN on one
+//! endpoint.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use clearskies_quic::{
     Purpose, QuicStream, accept, accept_either, bind, bind_either, channel_binding, client, connect,
 };
 use clearskies_tokio::Tokio;
-use clearskies_tokio::conformance::{self, Cut, Transport};
+use clearskies_tokio::conformance::{self, Cut, PairingTransport, Transport};
 use clearskies_tokio::node::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -91,8 +92,17 @@ impl Transport for QuicEither {
         listener.local_addr().unwrap()
     }
 
+    /// Accepts members and pairing attempts alike, as a daemon's endpoint does; what a
+    /// connection is for was decided by its ALPN during the handshake.
     async fn accept(&self, listener: &Endpoint) -> io::Result<(PeerKey, QuicStream, Cut)> {
-        Quic.accept(listener).await
+        let incoming = listener
+            .accept()
+            .await
+            .ok_or_else(|| io::Error::other("the endpoint is closed"))?;
+        let (_purpose, peer, stream) = accept_either(listener, incoming).await?;
+        let connection = stream.connection().clone();
+        let cut: Cut = Box::new(move || connection.close(VarInt::from_u32(99), b"cut"));
+        Ok((peer, stream, cut))
     }
 
     async fn dial(
@@ -104,6 +114,19 @@ impl Transport for QuicEither {
         let endpoint = client(loopback(), key, policy)?;
         connect(&endpoint, addr).await
     }
+}
+
+impl PairingTransport for QuicEither {
+    fn channel_binding(stream: &QuicStream) -> io::Result<[u8; CHANNEL_BINDING_LEN]> {
+        stream.channel_binding().map_err(|_| {
+            io::Error::other("no channel binding: the QUIC handshake has not completed")
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_pairs_with_an_access_code_then_syncs_as_a_member() {
+    conformance::a_device_pairs_with_an_access_code_then_syncs_as_a_member(&QuicEither).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,12 @@
 //! * IPv4: joined to [`IPV4_GROUP`] on every IPv4 interface; each announcement goes to the
 //!   group through every interface, to every interface's subnet broadcast address and to
 //!   `255.255.255.255` (some access points drop multicast, some hosts have no broadcast);
-//! * IPv6: joined to the link-local group [`IPV6_GROUP`] on every interface that has IPv6;
-//!   each announcement goes to the group through every such interface. A host without IPv6
-//!   runs on IPv4 alone.
+//! * IPv6: joined to the link-local group [`IPV6_GROUP`] on every interface that has IPv6 (a
+//!   link-local address is enough: on an IPv6-only LAN it is all there is); each announcement
+//!   goes to the group through every such interface, and a peer found there is dialled at its
+//!   link-local address with the interface as scope. A host without IPv6 runs on IPv4 alone.
+//!   An address still in duplicate address detection cannot send yet (`EADDRNOTAVAIL`); the
+//!   hello burst's later announcements go out once it is done.
 //!
 //! Sending one announcement over several paths is harmless: the receiver accepts the first
 //! copy and drops the rest as replays. Interfaces are listed again every

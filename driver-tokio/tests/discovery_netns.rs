@@ -71,17 +71,47 @@ fn example_binary() -> PathBuf {
         .join(format!("lan_node{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// The addresses the veth pair gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Addressing {
+    /// An IPv4 address on each end (and the IPv6 link-local ones the kernel adds).
+    DualStack,
+    /// No IPv4 address anywhere: only the IPv6 link-local addresses the kernel adds when the
+    /// link comes up, still tentative (duplicate address detection running) when the nodes
+    /// start, as on a laptop that just joined a network.
+    Ipv6Only,
+}
+
 #[test]
 fn two_nodes_in_two_namespaces_find_each_other_and_sync() {
+    find_each_other_and_sync(
+        "two_nodes_in_two_namespaces_find_each_other_and_sync",
+        Addressing::DualStack,
+    );
+}
+
+#[test]
+fn two_nodes_on_an_ipv6_only_link_find_each_other_over_link_local_multicast_and_sync() {
+    find_each_other_and_sync(
+        "two_nodes_on_an_ipv6_only_link_find_each_other_over_link_local_multicast_and_sync",
+        Addressing::Ipv6Only,
+    );
+}
+
+fn find_each_other_and_sync(test: &str, addressing: Addressing) {
     let pid = std::process::id();
-    let (ns_a, ns_b) = (format!("csky-a-{pid}"), format!("csky-b-{pid}"));
+    // Both tests run at once in one process: names differ by addressing.
+    let tag = match addressing {
+        Addressing::DualStack => "4",
+        Addressing::Ipv6Only => "6",
+    };
+    let (ns_a, ns_b) = (format!("csky-a{tag}-{pid}"), format!("csky-b{tag}-{pid}"));
     // Interface names have at most 15 bytes.
-    let (veth_a, veth_b) = (format!("cska{pid}"), format!("cskb{pid}"));
+    let (veth_a, veth_b) = (format!("csa{tag}{pid}"), format!("csb{tag}{pid}"));
 
     if let Err(why) = ip(&["netns", "add", &ns_a]) {
         eprintln!(
-            "SKIPPED two_nodes_in_two_namespaces_find_each_other_and_sync: cannot create a network \
-             namespace (needs root and iproute2): {why}"
+            "SKIPPED {test}: cannot create a network namespace (needs root and iproute2): {why}"
         );
         return;
     }
@@ -89,13 +119,15 @@ fn two_nodes_in_two_namespaces_find_each_other_and_sync() {
     ip(&["netns", "add", &ns_b]).expect("second namespace");
     namespaces.0.push(ns_b.clone());
 
-    let setup = [
+    let mut setup = vec![
         vec![
             "link", "add", &veth_a, "type", "veth", "peer", "name", &veth_b,
         ],
         vec!["link", "set", &veth_a, "netns", &ns_a],
         vec!["link", "set", &veth_b, "netns", &ns_b],
-        vec![
+    ];
+    if addressing == Addressing::DualStack {
+        setup.push(vec![
             "-n",
             &ns_a,
             "addr",
@@ -105,8 +137,8 @@ fn two_nodes_in_two_namespaces_find_each_other_and_sync() {
             "+",
             "dev",
             &veth_a,
-        ],
-        vec![
+        ]);
+        setup.push(vec![
             "-n",
             &ns_b,
             "addr",
@@ -116,14 +148,30 @@ fn two_nodes_in_two_namespaces_find_each_other_and_sync() {
             "+",
             "dev",
             &veth_b,
-        ],
+        ]);
+    }
+    setup.extend([
         vec!["-n", &ns_a, "link", "set", "lo", "up"],
         vec!["-n", &ns_b, "link", "set", "lo", "up"],
         vec!["-n", &ns_a, "link", "set", &veth_a, "up"],
         vec!["-n", &ns_b, "link", "set", &veth_b, "up"],
-    ];
+    ]);
     for args in &setup {
         ip(args).unwrap_or_else(|e| panic!("namespace setup: {e}"));
+    }
+    if addressing == Addressing::Ipv6Only {
+        // The only addresses are the link-local ones: a find must have come over IPv6.
+        for (ns, veth) in [(&ns_a, &veth_a), (&ns_b, &veth_b)] {
+            let out = Command::new("ip")
+                .args(["-n", ns, "-o", "addr", "show", "dev", veth])
+                .output()
+                .expect("ip addr show");
+            let listing = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !listing.contains("inet ") && listing.contains("inet6 fe80"),
+                "{veth} should have only an IPv6 link-local address: {listing}"
+            );
+        }
     }
 
     let binary = example_binary();
@@ -186,6 +234,16 @@ fn two_nodes_in_two_namespaces_find_each_other_and_sync() {
         assert!(
             stdout.contains(&format!("holds {expect:?}")),
             "node {name} says: {stdout}"
+        );
+    }
+    if addressing == Addressing::Ipv6Only {
+        let found_over_link_local = results
+            .iter()
+            .flatten()
+            .any(|out| String::from_utf8_lossy(&out.stderr).contains("found a member at [fe80::"));
+        assert!(
+            found_over_link_local,
+            "no node reports finding its peer at an IPv6 link-local address"
         );
     }
     drop(namespaces);

@@ -35,7 +35,7 @@ use crate::session::{
     CloseReason, Event as SessionEvent, Priority, Session, SessionConfig, SessionState,
 };
 use crate::time::{Clock, Timestamp};
-use crate::wire::{CloseCode, ExtensionMessage, Message};
+use crate::wire::{CloseCode, ExtensionMessage, Message, SEND_QUEUE_LIMIT};
 use core::time::Duration;
 
 /// A connection as the driver names it.
@@ -47,6 +47,18 @@ pub const NOT_A_MEMBER: CloseCode = CloseCode(0x1001);
 
 /// Keep at most this many bytes queued in a session before asking replicas for more.
 pub const SESSION_HIGH_WATER: usize = 256 * 1024;
+
+/// The most bytes of chunk answers a connection holds, queued in its session or being read by
+/// the driver. A peer may have a whole window of requests outstanding (`WINDOW_BYTES`, 8 MiB,
+/// of the fetch scheduler), which with its framing is more than a session may queue
+/// ([`SEND_QUEUE_LIMIT`]): further requests wait, unread, until answers drain. Half the send
+/// queue, so that the other half stays for the database (at most [`SESSION_HIGH_WATER`] plus
+/// one message) and control messages.
+pub const SERVE_QUEUE_BYTES: usize = SEND_QUEUE_LIMIT / 2;
+
+/// What a chunk answer adds to the piece it carries, encoded, at most (message header, request
+/// id, byte-string length).
+const ANSWER_OVERHEAD: usize = 64;
 
 /// What the application hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,8 +149,24 @@ struct Conn {
     /// When its session was established.
     since: Option<Timestamp>,
     session: Session,
-    /// Chunk requests of the peer not yet answered.
+    /// Chunk requests of the peer not yet answered (waiting, being read, or answered at once).
     serving: usize,
+    /// Chunk requests waiting for room under [`SERVE_QUEUE_BYTES`] before they are read.
+    waiting: VecDeque<Read>,
+    /// Reads handed to the driver ([`Output::ReadChunk`]) and not answered: id → length.
+    reading: BTreeMap<u32, u32>,
+    /// The sum of `reading`'s lengths.
+    reading_bytes: usize,
+}
+
+/// A chunk request of a peer, to be read.
+#[derive(Debug)]
+struct Read {
+    id: u32,
+    share: ShareId,
+    hash: Hash,
+    offset: u32,
+    len: u32,
 }
 
 /// Which side opened a connection, as the driver knows it.
@@ -420,7 +448,21 @@ impl Node {
     }
 
     /// The answer to [`Output::ReadChunk`]: the bytes, or `None` if the chunk is not here.
+    /// Unknown or stale ids (a connection closed meanwhile) are ignored.
     pub fn chunk_read(&mut self, conn: ConnId, id: u32, data: Option<Vec<u8>>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(len) = c.reading.remove(&id) else {
+            return;
+        };
+        c.reading_bytes -= len as usize;
+        self.answer(conn, id, data);
+        self.issue_reads(conn);
+    }
+
+    /// Sends the answer to the peer's request `id` on `conn`.
+    fn answer(&mut self, conn: ConnId, id: u32, data: Option<Vec<u8>>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -433,8 +475,40 @@ impl Node {
             name: FILES_EXTENSION.to_owned(),
             payload: msg.encode(),
         });
-        // A closed session drops the answer; the asker re-asks elsewhere.
+        // A closed session drops the answer; the asker re-asks elsewhere. An open one has room:
+        // reads are issued only under SERVE_QUEUE_BYTES.
         let _ = c.session.send(message, Priority::Bulk);
+    }
+
+    /// Hands the driver the peer's waiting chunk requests while their answers fit under
+    /// [`SERVE_QUEUE_BYTES`].
+    fn issue_reads(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        while let Some(read) = c.waiting.front() {
+            let cost = read.len as usize + ANSWER_OVERHEAD;
+            if c.session.send_queue_len() + c.reading_bytes + cost > SERVE_QUEUE_BYTES {
+                return;
+            }
+            let Some(read) = c.waiting.pop_front() else {
+                return;
+            };
+            // A peer that reuses an outstanding id gets one answer for both; the sum stays
+            // that of the map.
+            if let Some(reused) = c.reading.insert(read.id, read.len) {
+                c.reading_bytes -= reused as usize;
+            }
+            c.reading_bytes += read.len as usize;
+            self.outputs.push_back(Output::ReadChunk {
+                conn,
+                id: read.id,
+                share: read.share,
+                hash: read.hash,
+                offset: read.offset,
+                len: read.len,
+            });
+        }
     }
 
     /// Sets how long tombstones are kept, in microseconds, for every share, open or opened
@@ -492,6 +566,9 @@ impl Node {
                         since: None,
                         session,
                         serving: 0,
+                        waiting: VecDeque::new(),
+                        reading: BTreeMap::new(),
+                        reading_bytes: 0,
                     },
                 );
             }
@@ -586,6 +663,7 @@ impl Node {
     /// The next bytes for `conn`. Call whenever its transport can take more.
     pub fn poll_transmit(&mut self, now: Timestamp, conn: ConnId) -> Option<Bytes> {
         let now = self.clock.observe(now);
+        self.issue_reads(conn);
         self.refill(conn);
         let c = self.conns.get_mut(&conn)?;
         let bytes = c.session.poll_transmit(now);
@@ -890,16 +968,18 @@ impl Node {
                 }
                 c.serving += 1;
                 match share {
-                    Some(share) => self.outputs.push_back(Output::ReadChunk {
-                        conn,
-                        id: get.id,
-                        share,
-                        hash: get.hash,
-                        offset: get.offset,
-                        len: get.len,
-                    }),
+                    Some(share) => {
+                        c.waiting.push_back(Read {
+                            id: get.id,
+                            share,
+                            hash: get.hash,
+                            offset: get.offset,
+                            len: get.len,
+                        });
+                        self.issue_reads(conn);
+                    }
                     // Not a share we hold with this peer: we have nothing for it.
-                    None => self.chunk_read(conn, get.id, None),
+                    None => self.answer(conn, get.id, None),
                 }
             }
             Some(FilesMessage::Data(data)) => {

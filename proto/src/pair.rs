@@ -981,9 +981,9 @@ impl Invitation {
     }
 }
 
-/// The per-address failure limiter. Not persisted: a restart forgets it, while the per-code
-/// counters (persisted) keep bounding guesses.
-#[derive(Debug, Clone, Default)]
+/// The per-address failure limiter, persisted with the registry (so a restart does not give a
+/// guessing address a fresh allowance).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct AddressLimiter {
     /// `SHA-256(address)` → times of recent failures, oldest first, at most
     /// [`ADDRESS_MAX_FAILURES`].
@@ -1013,6 +1013,15 @@ impl AddressLimiter {
         times.len() >= ADDRESS_MAX_FAILURES
     }
 
+    /// Forgets addresses with no failure within the window before `now`.
+    fn prune(&mut self, now: UnixMicros) {
+        self.failures.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|&t| now.saturating_sub(t) < ADDRESS_WINDOW_MICROS)
+        });
+    }
+
     fn record(&mut self, address: &[u8], now: UnixMicros) {
         let key = AddressLimiter::key(address);
         if !self.failures.contains_key(&key) && self.failures.len() >= MAX_TRACKED_ADDRESSES {
@@ -1037,32 +1046,117 @@ impl AddressLimiter {
 ///
 /// Serialize it (serde; [`encode`](Self::encode) gives CBOR) whenever a pairing emits
 /// [`Output::Persist`] or after `create`/`cancel`/`prune`, and restore it at start: codes, their
-/// uses and failure counts survive a restart. The address limiter is not persisted.
-#[derive(Debug, Clone, Default)]
+/// uses and failure counts, and each address's recent failures survive a restart.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Invitations {
     by_locator: BTreeMap<[u8; LOCATOR_ID_LEN], Invitation>,
     addresses: AddressLimiter,
 }
 
-impl PartialEq for Invitations {
-    fn eq(&self, other: &Self) -> bool {
-        self.by_locator == other.by_locator
-    }
-}
-
+/// The serde form (`spec/pairing.md` § 8): `{"i": [invitation...], "a": [[address key,
+/// [failure time...]]...]}`.
 impl Serialize for Invitations {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.by_locator.values())
+        use serde::ser::SerializeMap;
+        struct Invites<'a>(&'a BTreeMap<[u8; LOCATOR_ID_LEN], Invitation>);
+        impl Serialize for Invites<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.values())
+            }
+        }
+        struct Addresses<'a>(&'a BTreeMap<[u8; 32], VecDeque<UnixMicros>>);
+        impl Serialize for Addresses<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|(key, times)| (Fixed(*key), times)))
+            }
+        }
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("i", &Invites(&self.by_locator))?;
+        map.serialize_entry("a", &Addresses(&self.addresses.failures))?;
+        map.end()
     }
 }
 
 impl<'de> Deserialize<'de> for Invitations {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let list = Vec::<Invitation>::deserialize(d)?;
+        d.deserialize_any(InvitationsVisitor)
+    }
+}
+
+struct InvitationsVisitor;
+
+impl InvitationsVisitor {
+    fn build<E: de::Error>(
+        invitations: Vec<Invitation>,
+        addresses: Vec<(Fixed<32>, Vec<UnixMicros>)>,
+    ) -> Result<Invitations, E> {
+        if addresses.len() > MAX_TRACKED_ADDRESSES {
+            return Err(E::custom(format!(
+                "{} addresses with pairing failures (at most {MAX_TRACKED_ADDRESSES})",
+                addresses.len()
+            )));
+        }
+        let mut failures = BTreeMap::new();
+        for (key, mut times) in addresses {
+            if times.is_empty() || times.len() > ADDRESS_MAX_FAILURES {
+                return Err(E::custom(format!(
+                    "an address with {} failure times (1 to {ADDRESS_MAX_FAILURES})",
+                    times.len()
+                )));
+            }
+            times.sort_unstable();
+            if failures.insert(key.0, VecDeque::from(times)).is_some() {
+                return Err(E::custom("an address listed twice among pairing failures"));
+            }
+        }
         Ok(Invitations {
-            by_locator: list.into_iter().map(|i| (i.locator_id(), i)).collect(),
-            addresses: AddressLimiter::default(),
+            by_locator: invitations
+                .into_iter()
+                .map(|i| (i.locator_id(), i))
+                .collect(),
+            addresses: AddressLimiter { failures },
         })
+    }
+}
+
+impl<'de> Visitor<'de> for InvitationsVisitor {
+    type Value = Invitations;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a pairing registry: a map of invitations (\"i\") and address failures (\"a\")")
+    }
+
+    /// The earlier form, a bare sequence of invitations (no address failures recorded).
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Invitations, A::Error> {
+        let mut invitations = Vec::new();
+        while let Some(invitation) = seq.next_element()? {
+            invitations.push(invitation);
+        }
+        InvitationsVisitor::build(invitations, Vec::new())
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Invitations, A::Error> {
+        let mut invitations = None;
+        let mut addresses = None;
+        while let Some(field) = map.next_key::<String>()? {
+            match field.as_str() {
+                "i" if invitations.is_none() => invitations = Some(map.next_value()?),
+                "a" if addresses.is_none() => addresses = Some(map.next_value()?),
+                "i" | "a" => {
+                    return Err(de::Error::custom(format!(
+                        "field {field:?} twice in the pairing registry"
+                    )));
+                }
+                // Fields of a later version are skipped.
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        InvitationsVisitor::build(
+            invitations.ok_or_else(|| de::Error::missing_field("i"))?,
+            addresses.unwrap_or_default(),
+        )
     }
 }
 
@@ -1148,9 +1242,11 @@ impl Invitations {
         self.by_locator.is_empty()
     }
 
-    /// Forgets invitations that ended more than [`ENDED_RETENTION_MICROS`] before `now`;
-    /// returns how many.
+    /// Forgets invitations that ended more than [`ENDED_RETENTION_MICROS`] before `now`, and
+    /// addresses whose last failure is older than [`ADDRESS_WINDOW_MICROS`]; returns how many
+    /// invitations.
     pub fn prune(&mut self, now: UnixMicros) -> usize {
+        self.addresses.prune(now);
         let before = self.by_locator.len();
         self.by_locator
             .retain(|_, i| now.saturating_sub(i.ended()) < ENDED_RETENTION_MICROS);
@@ -1514,6 +1610,7 @@ impl Inviter {
         };
         if let Some(error) = refusal {
             invitations.addresses.record(&self.address, now);
+            self.outputs.push_back(Output::Persist);
             return self.refuse(error);
         }
         let Some(invitation) = invitations.by_locator.get(&hello.locator_id) else {

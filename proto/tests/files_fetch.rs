@@ -339,3 +339,29 @@ fn a_simultaneous_open_keeps_the_same_connection_on_both_sides() {
             .is_some_and(|d| d[..] == wanted.1[..])
     );
 }
+
+/// Regression: a peer's whole window of answers (`WINDOW_BYTES` of pieces, plus their framing)
+/// is more than one session may queue (`SEND_QUEUE_LIMIT`). The server answered every read at
+/// once; an answer that did not fit was dropped, and the asker waited for it forever. Found by
+/// the bulk benchmark (`driver-quic/benches/bulk.rs`) with chunks served from memory.
+#[test]
+fn a_window_of_answers_larger_than_the_send_queue_all_arrive() {
+    let mut a = Host::new(1, &[1, 2]);
+    let wanted: Vec<(Hash, Vec<u8>)> = (0..48).map(|i| content(i, 256 * 1024)).collect();
+    for (h, d) in &wanted {
+        a.chunks.insert(*h, d.clone());
+    }
+    let b = Host::new(2, &[1, 2]);
+    let mut net = Net::new(vec![a, b], vec![(0, 1)]);
+    for (h, _) in &wanted {
+        net.hosts[1].node.want_chunk(SHARE, *h, 256 * 1024);
+    }
+    net.pump();
+    let b = &net.hosts[1];
+    assert_eq!(b.arrived.len(), wanted.len(), "every chunk arrives");
+    for (h, d) in &wanted {
+        assert_eq!(b.arrived.get(h).map(|x| x.to_vec()).as_ref(), Some(d));
+    }
+    assert_eq!(b.node.chunks_wanted(), 0);
+    assert!(net.hosts[0].closed.is_empty() && b.closed.is_empty());
+}

@@ -479,6 +479,83 @@ fn an_address_with_too_many_failures_is_refused_for_a_while() {
 }
 
 #[test]
+fn an_address_keeps_its_failures_across_a_restart() {
+    let (mut invitations, code) = registry(InvitationOptions {
+        uses: Uses::Unlimited,
+        ..InvitationOptions::default()
+    });
+    let stranger = AccessCode::from_bytes([0xee; 16]);
+    for i in 0..ADDRESS_MAX_FAILURES {
+        let outcome = attempt(&stranger, &mut invitations, T0 + i as u64, b"evil", i as u8);
+        assert_eq!(
+            outcome.inviter_error().map(PairError::code),
+            Some("unknown-code")
+        );
+        // An unknown code counts against the address: the registry must be saved.
+        assert_eq!(outcome.persists(), 1);
+    }
+
+    // The inviter restarts from what it saved.
+    let mut restored = Invitations::decode(&invitations.encode()).expect("decode");
+    assert_eq!(restored, invitations);
+    let outcome = attempt(&code, &mut restored, T0 + 10, b"evil", 50);
+    outcome.assert_both_failed("rate-limited");
+    assert!(
+        attempt(&code, &mut restored, T0 + 11, b"good", 51)
+            .joined()
+            .is_some()
+    );
+    // The window still ends: pruning forgets the address, and it may try again.
+    let later = T0 + ADDRESS_MAX_FAILURES as u64 + ADDRESS_WINDOW_MICROS;
+    restored.prune(later);
+    let mut restored = Invitations::decode(&restored.encode()).expect("decode");
+    assert!(!restored.address_limited(b"evil", later));
+    assert!(
+        attempt(&code, &mut restored, later, b"evil", 52)
+            .joined()
+            .is_some()
+    );
+}
+
+#[test]
+fn a_registry_saved_before_address_failures_were_persisted_still_loads() {
+    let mut invitations = Invitations::new();
+    let code = invitations
+        .create(T0, random16(1), SHARE, InvitationOptions::default())
+        .unwrap();
+    // The earlier form: a bare sequence of invitations.
+    let list: Vec<&clearskies_proto::pair::Invitation> = invitations.list().collect();
+    let bytes = serde_cbor::to_vec(&list).unwrap();
+    let restored = Invitations::decode(&bytes).expect("the earlier form decodes");
+    assert_eq!(restored, invitations);
+    assert_eq!(restored.get(&code.locator_id()).unwrap().code(), code);
+}
+
+#[test]
+fn a_registry_with_bad_address_failures_is_refused_with_a_reason() {
+    let too_many = serde_json::json!({"i": [], "a": [[vec![0u8; 32], [1, 2, 3, 4, 5, 6]]]});
+    let err = serde_json::from_value::<Invitations>(too_many)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("6 failure times"), "{err}");
+    let short_key = serde_json::json!({"i": [], "a": [[vec![0u8; 31], [1]]]});
+    let err = serde_json::from_value::<Invitations>(short_key)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("32 bytes"), "{err}");
+    let twice = serde_json::json!({"i": [], "a": [[vec![0u8; 32], [1]], [vec![0u8; 32], [2]]]});
+    let err = serde_json::from_value::<Invitations>(twice)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twice"), "{err}");
+    let no_invitations = serde_json::json!({"a": []});
+    let err = serde_json::from_value::<Invitations>(no_invitations)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`i`"), "{err}");
+}
+
+#[test]
 fn registry_survives_a_restart() {
     let mut invitations = Invitations::new();
     let single = invitations

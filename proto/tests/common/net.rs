@@ -58,8 +58,11 @@ impl Host {
         }
     }
 
-    pub fn drain(&mut self) {
+    /// Handles every output; returns whether there was any.
+    pub fn drain(&mut self) -> bool {
+        let mut any = false;
         while let Some(out) = self.node.poll_output() {
+            any = true;
             match out {
                 Output::Persist { share, id, .. } => self.node.handle_persisted(&share, id),
                 Output::ReadChunk {
@@ -88,6 +91,7 @@ impl Host {
                 Output::Event(_) => {}
             }
         }
+        any
     }
 }
 
@@ -140,10 +144,14 @@ impl Net {
                 }
             }
             if !moved {
+                // Outputs handled now (reads answered) may have queued more bytes.
+                let mut any = false;
                 for h in &mut self.hosts {
-                    h.drain();
+                    any |= h.drain();
                 }
-                return;
+                if !any {
+                    return;
+                }
             }
         }
     }
