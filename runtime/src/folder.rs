@@ -62,6 +62,11 @@ const COMMIT_BATCH: usize = 1024;
 /// Most paths looked up and staged together.
 const PLAN_BATCH: usize = 1024;
 
+/// Most files assembled at once (each holds an open temp file): the rest of the changed paths
+/// wait, counted as pending, until commits make room. Bounds file descriptors and memory on
+/// a share of any size.
+const MAX_BUILDING: usize = 512;
+
 /// Most node events handled in one round of the syncer (bounded work per wake-up; commits
 /// and status follow each round).
 const EVENTS_PER_ROUND: usize = 4096;
@@ -614,6 +619,7 @@ impl<R: Runtime> Syncer<R> {
                     }
                     Some(Command::Stop) | None => return,
                 },
+                () = std::future::ready(()), if self.can_plan_more() => {}
                 () = self.runtime.sleep_until(wake) => {
                     if Instant::now() >= scan_at {
                         debounce = None;
@@ -804,17 +810,27 @@ impl<R: Runtime> Syncer<R> {
             // A missing root or a full disk: change nothing until it is fixed.
             return;
         }
+        // Paths left for when files being assembled are committed (see MAX_BUILDING).
+        let mut deferred = Vec::new();
         // Removing a child can make its deleted parent removable: a few rounds settle it.
         for _ in 0..8 {
             let dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
             if dirty.is_empty() {
-                return;
+                break;
             }
             let started = Instant::now();
             let mut removals = Vec::new();
             for part in dirty.chunks(PLAN_BATCH) {
+                if self.building.len() + self.to_stage.len() >= MAX_BUILDING {
+                    deferred.extend_from_slice(part);
+                    continue;
+                }
                 let found = self.look_up(part).await;
                 for (path, found) in part.iter().zip(found) {
+                    if self.building.len() + self.to_stage.len() >= MAX_BUILDING {
+                        deferred.push(path.clone());
+                        continue;
+                    }
                     match self.step(path, found).await {
                         Step::Done => {}
                         Step::RemoveLater => removals.push(path.clone()),
@@ -827,6 +843,12 @@ impl<R: Runtime> Syncer<R> {
             }
             tracing::debug!("planned {} paths in {:?}", dirty.len(), started.elapsed());
         }
+        self.dirty.extend(deferred);
+    }
+
+    /// Whether paths wait for room to be assembled and there is room now.
+    fn can_plan_more(&self) -> bool {
+        self.error.is_none() && !self.dirty.is_empty() && self.building.len() < MAX_BUILDING
     }
 
     async fn local(&self, path: &str) -> Option<Local> {
