@@ -793,11 +793,18 @@ async fn check_in(
             for peer in &connected {
                 all &= device.node.synced_with(*peer).await.unwrap_or(false);
             }
-            // Counting changes the node handed to a folder that it has not processed yet.
-            for share in device.home.shares().unwrap_or_default() {
-                if let Ok(id) = share.share_id() {
-                    all &= device.node.folder_complete(id).await.unwrap_or(false);
+            // Counting changes the node handed to a folder that it has not processed yet. A
+            // home that cannot be read now (out of file descriptors, say) proves nothing.
+            match device.home.shares() {
+                Ok(shares) => {
+                    for share in shares {
+                        all &= match share.share_id() {
+                            Ok(id) => device.node.folder_complete(id).await.unwrap_or(false),
+                            Err(_) => false,
+                        };
+                    }
                 }
+                Err(_) => all = false,
             }
             // Agreeing twice in a row, a poll apart, means nothing was on its way. The last
             // frames leave with the node's shutdown, which closes each session cleanly.

@@ -242,3 +242,53 @@ fn the_file_watcher_picks_up_changes_between_rescans() {
     stop(phone);
     stop(laptop);
 }
+
+#[test]
+fn thousands_of_files_sync_under_a_low_open_file_limit() {
+    // Each file being assembled holds its temp file open: a share of more files than the
+    // process may open must still sync (they are assembled a bounded number at a time).
+    let (p, laptop) = Pair::new(|fa| {
+        for i in 0..3000 {
+            write(
+                fa,
+                &format!("d{:02}/f{i:04}.txt", i % 30),
+                &noise(200 + i % 500, i as u64),
+            );
+        }
+    });
+    let Ok(limit) = std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!(
+            "SKIPPED thousands_of_files_sync_under_a_low_open_file_limit: no prlimit (util-linux)"
+        );
+        stop(laptop);
+        return;
+    };
+    assert!(limit.status.success());
+    let out = std::process::Command::new("prlimit")
+        .args(["--nofile=256", "--"])
+        .arg(env!("CARGO_BIN_EXE_clearskies"))
+        .arg("--home")
+        .arg(&p.b)
+        .args(["sync", "--once", "--timeout", "120", "--peer"])
+        .arg(format!("127.0.0.1:{}", p.port_a))
+        .env_remove("CLEARSKIES_HOME")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sync --once under 256 open files failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (want, got) = (tree(&p.fa), tree(&p.fb));
+    let missing = want.iter().filter(|(k, v)| got.get(*k) != Some(*v)).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} entries missing or different on the phone",
+        want.len()
+    );
+    stop(laptop);
+}

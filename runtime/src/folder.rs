@@ -62,9 +62,8 @@ const COMMIT_BATCH: usize = 1024;
 /// Most paths looked up and staged together.
 const PLAN_BATCH: usize = 1024;
 
-/// Most files assembled at once (each holds an open temp file): the rest of the changed paths
-/// wait, counted as pending, until commits make room. Bounds file descriptors and memory on
-/// a share of any size.
+/// Most files assembled at once: the rest of the changed paths wait, counted as pending,
+/// until commits make room. Bounds the temp files and memory in use on a share of any size.
 const MAX_BUILDING: usize = 512;
 
 /// Most node events handled in one round of the syncer (bounded work per wake-up; commits

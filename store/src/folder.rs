@@ -346,25 +346,38 @@ fn applied_mode(kind: FileKind, mode: u32) -> u32 {
     }
 }
 
-/// Threads that fsync a batch of files together (a device with a queue serves them in
-/// parallel; one after another, each waits for the last).
+/// Threads that finish a batch of staged files together (a device with a queue serves
+/// their fsyncs in parallel; one after another, each waits for the last).
 const SYNC_THREADS: usize = 4;
 
-/// `sync_all` on every file, spread over up to [`SYNC_THREADS`] threads; results in order.
-fn sync_all_parallel<'a>(files: impl Iterator<Item = &'a File>) -> Vec<io::Result<()>> {
-    let files: Vec<&File> = files.collect();
-    if files.len() < 2 {
-        return files.iter().map(|f| f.sync_all()).collect();
+/// Sets each staged file's mode and mtime and fsyncs it, spread over up to [`SYNC_THREADS`]
+/// threads, each holding one file open at a time; returns each file's metadata, in order.
+fn finish_parallel<'a>(
+    stagings: impl Iterator<Item = &'a Staging>,
+) -> Vec<io::Result<fs::Metadata>> {
+    fn finish(s: &Staging) -> io::Result<fs::Metadata> {
+        let file = OpenOptions::new().read(true).write(true).open(&s.temp)?;
+        file.set_permissions(fs::Permissions::from_mode(applied_mode(
+            FileKind::File,
+            s.meta.mode,
+        )))?;
+        file.set_times(FileTimes::new().set_modified(system_time(s.meta.mtime_ns)))?;
+        file.sync_all()?;
+        file.metadata()
     }
-    let per = files.len().div_ceil(SYNC_THREADS);
+    let stagings: Vec<&Staging> = stagings.collect();
+    if stagings.len() < 2 {
+        return stagings.into_iter().map(finish).collect();
+    }
+    let per = stagings.len().div_ceil(SYNC_THREADS);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = files
+        let handles: Vec<_> = stagings
             .chunks(per)
             .map(|part| {
                 let n = part.len();
                 (
                     n,
-                    scope.spawn(move || part.iter().map(|f| f.sync_all()).collect::<Vec<_>>()),
+                    scope.spawn(move || part.iter().map(|s| finish(s)).collect::<Vec<_>>()),
                 )
             })
             .collect();
@@ -386,8 +399,9 @@ fn sync_all_parallel<'a>(files: impl Iterator<Item = &'a File>) -> Vec<io::Resul
 pub struct Staging {
     path: String,
     meta: FileMeta,
+    /// Not kept open between writes: a device assembling many files at once must not run out
+    /// of file descriptors.
     temp: PathBuf,
-    file: File,
     /// Chunk hash → its length and every offset it occupies in the file, for chunks not
     /// yet written.
     missing: BTreeMap<Hash, (u32, Vec<u64>)>,
@@ -979,11 +993,11 @@ impl Folder {
                 }
             }
         }
+        drop(file);
         Ok(Staging {
             path: path.to_owned(),
             meta: meta.clone(),
             temp: temp.to_owned(),
-            file,
             missing,
         })
     }
@@ -1024,14 +1038,20 @@ impl Folder {
                 why: "chunk data does not match its length".into(),
             });
         }
-        for &at in offsets {
-            if let Err(e) = staging.file.write_all_at(data, at) {
-                let err = io_err(&staging.temp)(e);
-                if let FolderError::NoSpace { .. } = err {
-                    let _ = fs::remove_file(&staging.temp);
-                }
-                return Err(err);
+        let written = OpenOptions::new()
+            .write(true)
+            .open(&staging.temp)
+            .and_then(|file| {
+                offsets
+                    .iter()
+                    .try_for_each(|&at| file.write_all_at(data, at))
+            });
+        if let Err(e) = written {
+            let err = io_err(&staging.temp)(e);
+            if let FolderError::NoSpace { .. } = err {
+                let _ = fs::remove_file(&staging.temp);
             }
+            return Err(err);
         }
         staging.missing.remove(hash);
         Ok(())
@@ -1070,23 +1090,11 @@ impl Folder {
                 });
                 continue;
             }
-            let perms = fs::Permissions::from_mode(applied_mode(FileKind::File, staging.meta.mode));
-            let prepared = staging
-                .file
-                .set_permissions(perms)
-                .and_then(|()| {
-                    staging.file.set_times(
-                        FileTimes::new().set_modified(system_time(staging.meta.mtime_ns)),
-                    )
-                })
-                .map_err(io_err(&staging.temp));
-            match prepared {
-                Ok(()) => open.push((i, staging, expected)),
-                Err(e) => results[i] = Err(e),
-            }
+            open.push((i, staging, expected));
         }
-        // Data first: every temp file is on disk before any of them is renamed into place.
-        let synced = sync_all_parallel(open.iter().map(|(_, s, _)| &s.file));
+        // Data first: every temp file is on disk, with its mode and mtime, before any of them
+        // is renamed into place.
+        let synced = finish_parallel(open.iter().map(|(_, s, _)| s));
         let mut updates = Vec::new();
         let mut dirs = BTreeSet::new();
         let mut placed = Vec::new();
@@ -1094,7 +1102,7 @@ impl Folder {
             let temp = staging.temp.clone();
             let outcome = synced
                 .map_err(io_err(&temp))
-                .and_then(|()| self.place(staging, expected.as_ref()));
+                .and_then(|stat| self.place(staging, expected.as_ref(), &stat));
             match outcome {
                 Ok((path, entry, parent)) => {
                     dirs.insert(parent);
@@ -1138,18 +1146,13 @@ impl Folder {
         &mut self,
         staging: Staging,
         expected: Option<&FileMeta>,
+        stat: &fs::Metadata,
     ) -> Result<(String, Entry, PathBuf), FolderError> {
         let Staging {
-            path,
-            meta,
-            temp,
-            file,
-            ..
+            path, meta, temp, ..
         } = staging;
         self.check_root()?;
         self.check_parents(&path)?;
-        let stat = file.metadata().map_err(io_err(&temp))?;
-        drop(file);
 
         self.create_parents(&path)?;
         let abs = self.abs(&path);
@@ -1168,7 +1171,7 @@ impl Folder {
             })?;
         }
         fs::rename(&temp, &abs).map_err(io_err(&abs))?;
-        let stat = Stat::of(&stat).ok_or_else(|| FolderError::Io {
+        let stat = Stat::of(stat).ok_or_else(|| FolderError::Io {
             path: abs.clone(),
             source: io::Error::other("the temp file is not a regular file"),
         })?;
