@@ -219,20 +219,7 @@ fn a_connection_replaced_mid_fetch_asks_again_on_the_new_one() {
     let (ka, kb) = (net.hosts[0].node.device(), net.hosts[1].node.device());
     net.hosts[0].node.handle_connected(net.now, old_a, kb);
     net.hosts[1].node.handle_connected(net.now, old_b, ka);
-    loop {
-        let mut moved = false;
-        for (from, fc, to, tc) in [(0, old_a, 1, old_b), (1, old_b, 0, old_a)] {
-            net.hosts[from].drain();
-            if let Some(bytes) = net.hosts[from].node.poll_transmit(net.now, fc) {
-                net.hosts[to].node.handle_bytes(net.now, tc, &bytes);
-                net.hosts[to].drain();
-                moved = true;
-            }
-        }
-        if !moved {
-            break;
-        }
-    }
+    pump_pairs(&mut net, &[(0, old_a, 1, old_b)]);
     assert!(
         net.hosts[1]
             .arrived

@@ -346,6 +346,9 @@ fn applied_mode(kind: FileKind, mode: u32) -> u32 {
     }
 }
 
+/// Most threads hashing new and changed files during a scan.
+const HASH_THREADS: usize = 4;
+
 /// Threads that finish a batch of staged files together (a device with a queue serves
 /// their fsyncs in parallel; one after another, each waits for the last).
 const SYNC_THREADS: usize = 4;
@@ -749,8 +752,10 @@ impl Folder {
             keep: Vec::new(),
             changes: Vec::new(),
             updates: Vec::new(),
+            to_hash: Vec::new(),
         };
         walk.dir(&self.root.clone(), "")?;
+        walk.hash_all()?;
         let Walk {
             seen,
             keep,
@@ -1370,6 +1375,8 @@ struct Walk<'a> {
     keep: Vec<String>,
     changes: Vec<LocalChange>,
     updates: Vec<(String, Option<Entry>)>,
+    /// New or changed files, hashed after the walk (several at a time).
+    to_hash: Vec<(PathBuf, String, Stat)>,
 }
 
 impl Walk<'_> {
@@ -1451,11 +1458,7 @@ impl Walk<'_> {
                         conflict_of: None,
                     }),
                 FileKind::File => {
-                    match self.hash_settled(abs, &path, stat)? {
-                        Some((meta, now)) => self.record(&path, now, meta),
-                        // Still changing (or unreadable): keep the old entry, try next scan.
-                        None => self.keep.push(path.clone()),
-                    }
+                    self.to_hash.push((abs.to_owned(), path.clone(), stat));
                     None
                 }
             };
@@ -1465,6 +1468,69 @@ impl Walk<'_> {
         }
         if stat.kind == FileKind::Dir {
             self.dir(abs, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Hashes the new and changed files the walk found, on up to [`HASH_THREADS`] threads
+    /// (each takes the next file), and records them in walk order.
+    fn hash_all(&mut self) -> Result<(), FolderError> {
+        let files = std::mem::take(&mut self.to_hash);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(HASH_THREADS)
+            .min(files.len());
+        let results: Vec<Result<Option<(FileMeta, Stat)>, FolderError>> = if threads <= 1 {
+            files
+                .iter()
+                .map(|(abs, path, stat)| self.hash_settled(abs, path, *stat))
+                .collect()
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let this = &*self;
+            let mut done: Vec<(usize, Result<Option<(FileMeta, Stat)>, FolderError>)> =
+                std::thread::scope(|scope| {
+                    let workers: Vec<_> = (0..threads)
+                        .map(|_| {
+                            scope.spawn(|| {
+                                let mut out = Vec::new();
+                                loop {
+                                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let Some((abs, path, stat)) = files.get(i) else {
+                                        return out;
+                                    };
+                                    out.push((i, this.hash_settled(abs, path, *stat)));
+                                }
+                            })
+                        })
+                        .collect();
+                    workers
+                        .into_iter()
+                        .flat_map(|w| w.join().unwrap_or_default())
+                        .collect()
+                });
+            let mut slots: Vec<Option<_>> = (0..files.len()).map(|_| None).collect();
+            for (i, r) in done.drain(..) {
+                slots[i] = Some(r);
+            }
+            slots
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(FolderError::Io {
+                            path: self.folder.root.clone(),
+                            source: io::Error::other("a hashing thread panicked"),
+                        })
+                    })
+                })
+                .collect()
+        };
+        for ((_, path, _), result) in files.into_iter().zip(results) {
+            match result? {
+                Some((meta, now)) => self.record(&path, now, meta),
+                // Still changing (or unreadable): keep the old entry, try next scan.
+                None => self.keep.push(path),
+            }
         }
         Ok(())
     }
