@@ -346,6 +346,9 @@ fn applied_mode(kind: FileKind, mode: u32) -> u32 {
     }
 }
 
+/// A file's state as hashed by a scan (`None`: it kept changing or is unreadable now).
+type Hashed = Result<Option<(FileMeta, Stat)>, FolderError>;
+
 /// Most threads hashing new and changed files during a scan.
 const HASH_THREADS: usize = 4;
 
@@ -1480,7 +1483,7 @@ impl Walk<'_> {
             .map_or(1, |n| n.get())
             .min(HASH_THREADS)
             .min(files.len());
-        let results: Vec<Result<Option<(FileMeta, Stat)>, FolderError>> = if threads <= 1 {
+        let results: Vec<Hashed> = if threads <= 1 {
             files
                 .iter()
                 .map(|(abs, path, stat)| self.hash_settled(abs, path, *stat))
@@ -1488,27 +1491,26 @@ impl Walk<'_> {
         } else {
             let next = std::sync::atomic::AtomicUsize::new(0);
             let this = &*self;
-            let mut done: Vec<(usize, Result<Option<(FileMeta, Stat)>, FolderError>)> =
-                std::thread::scope(|scope| {
-                    let workers: Vec<_> = (0..threads)
-                        .map(|_| {
-                            scope.spawn(|| {
-                                let mut out = Vec::new();
-                                loop {
-                                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    let Some((abs, path, stat)) = files.get(i) else {
-                                        return out;
-                                    };
-                                    out.push((i, this.hash_settled(abs, path, *stat)));
-                                }
-                            })
+            let mut done: Vec<(usize, Hashed)> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut out = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some((abs, path, stat)) = files.get(i) else {
+                                    return out;
+                                };
+                                out.push((i, this.hash_settled(abs, path, *stat)));
+                            }
                         })
-                        .collect();
-                    workers
-                        .into_iter()
-                        .flat_map(|w| w.join().unwrap_or_default())
-                        .collect()
-                });
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap_or_default())
+                    .collect()
+            });
             let mut slots: Vec<Option<_>> = (0..files.len()).map(|_| None).collect();
             for (i, r) in done.drain(..) {
                 slots[i] = Some(r);
