@@ -865,12 +865,11 @@ impl<R: Runtime> Syncer<R> {
     /// The database entry and the local state of each path (`None`: no entry, an invalid
     /// path, or unreadable local state), with one disk job for all of them.
     async fn look_up(&self, paths: &[String]) -> Vec<Option<(db::Entry, Local)>> {
-        let gets = paths.iter().map(|path| {
-            let node = self.node.clone();
-            let (share, key) = (self.share, files::key_of(path));
-            async move { node.get(share, &key).await.ok().flatten() }
-        });
-        let entries = futures_util::future::join_all(gets).await;
+        let keys = paths.iter().map(|p| files::key_of(p)).collect();
+        let entries = match self.node.get_many(self.share, keys).await {
+            Ok(e) => e,
+            Err(_) => vec![None; paths.len()],
+        };
         let wanted: Vec<String> = paths
             .iter()
             .zip(&entries)

@@ -173,6 +173,11 @@ enum Input {
         key: String,
         reply: oneshot::Sender<Option<Entry>>,
     },
+    GetMany {
+        share: ShareId,
+        keys: Vec<String>,
+        reply: oneshot::Sender<Vec<Option<Entry>>>,
+    },
     List {
         share: ShareId,
         prefix: String,
@@ -429,6 +434,16 @@ impl NodeHandle {
     pub async fn get(&self, share: ShareId, key: &str) -> Result<Option<Entry>, NodeError> {
         let key = key.to_owned();
         self.ask(|reply| Input::Get { share, key, reply }).await
+    }
+
+    /// The entries of many keys at once, in order (one round trip to the node).
+    pub async fn get_many(
+        &self,
+        share: ShareId,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Entry>>, NodeError> {
+        self.ask(|reply| Input::GetMany { share, keys, reply })
+            .await
     }
 
     /// Keys with `prefix`, in order.
@@ -778,6 +793,14 @@ impl<R: Runtime> Owner<R> {
                     .and_then(|r| r.entry(&key))
                     .cloned();
                 let _ = reply.send(entry);
+            }
+            Input::GetMany { share, keys, reply } => {
+                let replica = self.node.replica(&share);
+                let entries = keys
+                    .iter()
+                    .map(|k| replica.and_then(|r| r.entry(k)).cloned())
+                    .collect();
+                let _ = reply.send(entries);
             }
             Input::List {
                 share,
