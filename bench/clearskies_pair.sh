@@ -25,6 +25,7 @@
 #        IDLE=N                  phase "idle": B checks in again, N times, with nothing changed
 #        B_MODE=once|daemon      initial phase: B's `sync --once` (default) or B's daemon + polling
 #        TRANSPORT=tcp|quic      passed as --transport when the binary supports the option
+#        DISCOVERY=0|1           LAN discovery (default off, like the Syncthing pair's)
 #        CLEARSKIES=<path>       binary (default: target/release/clearskies of this repo)
 #        CS_BUILD=<text>         recorded as "build" (e.g. which patch a custom binary carries)
 #        SHARED_BENCH=<dir>      shared harness (default: ../shared/bench from the repo root)
@@ -48,6 +49,7 @@ INSERT_FILE=${INSERT_FILE:-}
 RENAME_DIR=${RENAME_DIR:-}
 IDLE=${IDLE:-0}
 TRANSPORT=${TRANSPORT:-tcp}
+DISCOVERY=${DISCOVERY:-0}
 B_MODE=${B_MODE:-once}
 RESCAN_S=${RESCAN_S:-3600}
 RESULTS_FILE=${RESULTS_FILE:-$BASE_DIR/results/results.jsonl}
@@ -129,6 +131,11 @@ read -r FILES DIRS BYTES < <(ds_stats "$WORK/srcA")
 log "work dir $WORK; A listens on 127.0.0.1:$PORT (${TR_ARGS[*]:-tcp, no --transport option}); dataset files=$FILES dirs=$DIRS bytes=$BYTES"
 cs A init --name benchA >/dev/null
 cs B init --name benchB >/dev/null
+# LAN discovery off, as for the Syncthing pair (static addresses only): with it, a device may
+# also reach the other over a LAN address, which the loopback counters below do not see.
+if [[ $DISCOVERY != 1 ]]; then
+  for h in A B; do echo '{"discovery": false}' > "$WORK/home$h/config.json"; done
+fi
 CODE=$(cs A share "$WORK/srcA" | tail -1)
 [[ -n $CODE ]] || die "share printed no access code"
 
