@@ -72,6 +72,8 @@ pub(crate) struct Device {
     /// The folder of every share, by share folder path.
     pub(crate) folders: Mutex<Vec<(std::path::PathBuf, FolderHandle)>>,
     rescan: Duration,
+    /// Whether folders are watched for changes (`run`), or only scanned (`sync --once`).
+    watch: bool,
 }
 
 impl Device {
@@ -95,6 +97,8 @@ pub(crate) async fn open_share(
     key: &DeviceKey,
     share: &ShareFile,
     rescan: Duration,
+    // Watch the folder for changes (not for a one-off check-in, which has scanned already).
+    watch: bool,
 ) -> Result<FolderHandle, Failure> {
     let dir = home.share_dir(share);
     let store = ReplicaStore::open(&dir.join("replica.redb")).map_err(store_failure)?;
@@ -107,6 +111,7 @@ pub(crate) async fn open_share(
         index: dir.join("folder.redb"),
         versions: dir.join("versions.redb"),
         rescan,
+        watch,
         shallow: share.shallow.then(|| Shallow {
             cache: dir.join("cache"),
             cache_size: share
@@ -127,6 +132,7 @@ pub(crate) async fn open_share(
 async fn start(
     home: Home,
     rescan: Duration,
+    watch: bool,
 ) -> Result<(Arc<Device>, tokio::sync::mpsc::UnboundedReceiver<Event>), Failure> {
     let key = home.key()?;
     let shares = home.shares()?;
@@ -157,7 +163,7 @@ async fn start(
     let mut folders = Vec::new();
     for share in &shares {
         members.extend(share.members()?.keys().copied());
-        let folder = open_share(&home, &handle, &key, share, rescan).await?;
+        let folder = open_share(&home, &handle, &key, share, rescan, watch).await?;
         folders.push((share.path.clone(), folder));
         // Members other devices added (replicated membership records) count too.
         if let Ok(m) = handle.members(share.share_id()?).await {
@@ -177,6 +183,7 @@ async fn start(
         invitations: Arc::new(Mutex::new(invitations)),
         folders: Mutex::new(folders),
         rescan,
+        watch,
     };
     Ok((Arc::new(device), events))
 }
@@ -197,7 +204,15 @@ impl Device {
             m.extend(share.members()?.keys().copied());
             m.remove(&self.key.device_id());
         }
-        let folder = open_share(&self.home, &self.node, &self.key, share, self.rescan).await?;
+        let folder = open_share(
+            &self.home,
+            &self.node,
+            &self.key,
+            share,
+            self.rescan,
+            self.watch,
+        )
+        .await?;
         self.folders
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -594,7 +609,7 @@ pub fn run(
         }
     }
     runtime()?.block_on(async move {
-        let (device, mut events) = start(home, rescan).await?;
+        let (device, mut events) = start(home, rescan, once.is_none()).await?;
         crate::control::serve(device.clone()).await?;
         let dialer = Dialer::new(transport, &device.key)?;
         let mut bound = Err(Failure::usage("no address to listen on"));

@@ -46,6 +46,7 @@ async fn a_file_reads_and_seeks_like_a_tokio_file() {
         index: dir.path().join("folder.redb"),
         versions: dir.path().join("versions.redb"),
         rescan: Duration::from_secs(3600),
+        watch: true,
         shallow: None,
     };
     let folder = spawn_folder(handle.clone(), key.device_id(), config)

@@ -450,14 +450,7 @@ fn an_address_with_too_many_failures_is_refused_for_a_while() {
         uses: Uses::Unlimited,
         ..InvitationOptions::default()
     });
-    let stranger = AccessCode::from_bytes([0xee; 16]);
-    for i in 0..ADDRESS_MAX_FAILURES {
-        let outcome = attempt(&stranger, &mut invitations, T0 + i as u64, b"evil", i as u8);
-        assert_eq!(
-            outcome.inviter_error().map(PairError::code),
-            Some("unknown-code")
-        );
-    }
+    fail_from_evil(&mut invitations);
     // Even the right code is refused from that address now, before any SPAKE2 work...
     let outcome = attempt(&code, &mut invitations, T0 + 10, b"evil", 50);
     outcome.assert_both_failed("rate-limited");
@@ -484,16 +477,7 @@ fn an_address_keeps_its_failures_across_a_restart() {
         uses: Uses::Unlimited,
         ..InvitationOptions::default()
     });
-    let stranger = AccessCode::from_bytes([0xee; 16]);
-    for i in 0..ADDRESS_MAX_FAILURES {
-        let outcome = attempt(&stranger, &mut invitations, T0 + i as u64, b"evil", i as u8);
-        assert_eq!(
-            outcome.inviter_error().map(PairError::code),
-            Some("unknown-code")
-        );
-        // An unknown code counts against the address: the registry must be saved.
-        assert_eq!(outcome.persists(), 1);
-    }
+    fail_from_evil(&mut invitations);
 
     // The inviter restarts from what it saved.
     let mut restored = Invitations::decode(&invitations.encode()).expect("decode");
@@ -776,5 +760,20 @@ proptest! {
             });
             prop_assert_eq!(PairMessage::decode(&m.encode()), Ok(Some(m.clone())));
         }
+    }
+}
+
+/// The address `evil` tries unknown codes until it reaches the limit; each failure asks for
+/// the registry to be saved.
+fn fail_from_evil(invitations: &mut Invitations) {
+    let stranger = AccessCode::from_bytes([0xee; 16]);
+    for i in 0..ADDRESS_MAX_FAILURES {
+        let outcome = attempt(&stranger, invitations, T0 + i as u64, b"evil", i as u8);
+        assert_eq!(
+            outcome.inviter_error().map(PairError::code),
+            Some("unknown-code")
+        );
+        // An unknown code counts against the address: the registry must be saved.
+        assert_eq!(outcome.persists(), 1);
     }
 }

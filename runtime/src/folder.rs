@@ -37,6 +37,9 @@ pub struct FolderConfig {
     pub versions: PathBuf,
     /// The shortest interval between rescans; it grows with the cost of a scan.
     pub rescan: Duration,
+    /// Watch the folder for changes between rescans (off for a one-off check-in, which
+    /// scans once at the start and would only pay for watches it never uses).
+    pub watch: bool,
     /// A shallow replica: every record, but content only for pinned paths (and what was
     /// written here); the rest is read on demand through a cache.
     pub shallow: Option<Shallow>,
@@ -472,16 +475,21 @@ pub async fn spawn_folder<R: Runtime>(
     let scan_cost = syncer.scan().await;
     syncer.reconcile_all().await;
     let (touched_tx, touched_rx) = mpsc::unbounded_channel();
-    // Without a watcher (no inotify instances left, say) the periodic rescans still run.
-    let watcher = watch(&config.root, touched_tx)
-        .map_err(|e| {
-            tracing::warn!(
-                "{}: not watching for changes ({e}); rescanning every {:?}",
-                config.root.display(),
-                config.rescan
-            )
-        })
-        .ok();
+    // Without a watcher (not asked for, or no inotify instances left) the periodic rescans
+    // still run.
+    let watcher = if !config.watch {
+        None
+    } else {
+        watch(&config.root, touched_tx)
+            .map_err(|e| {
+                tracing::warn!(
+                    "{}: not watching for changes ({e}); rescanning every {:?}",
+                    config.root.display(),
+                    config.rescan
+                )
+            })
+            .ok()
+    };
     runtime.spawn(Box::pin(syncer.run(
         events_rx,
         commands_rx,
@@ -789,11 +797,33 @@ impl<R: Runtime> Syncer<R> {
         }
     }
 
+    /// Plans every path whose record this device's disk does not already correspond to
+    /// (after a start, or when an error state ended). The local versions of all paths are
+    /// read in one transaction: an idle share of many files costs no planning.
     async fn reconcile_all(&mut self) {
         if let Ok(entries) = self.node.list(self.share, files::FILES_PREFIX).await {
-            for (key, _) in entries {
-                if let Some(path) = files::path_of(&key) {
-                    self.dirty.insert(path.to_owned());
+            let (paths, winners): (Vec<String>, Vec<VersionVector>) = entries
+                .iter()
+                .filter_map(|(key, entry)| {
+                    Some((
+                        files::path_of(key)?.to_owned(),
+                        entry.winner().version.clone(),
+                    ))
+                })
+                .unzip();
+            let all = paths.clone();
+            let local = self
+                .disk
+                .run(move |s| s.versions.get_many(&all))
+                .await
+                .and_then(Result::ok);
+            for (i, path) in paths.into_iter().enumerate() {
+                let current = local
+                    .as_ref()
+                    .and_then(|l| l.get(i))
+                    .is_some_and(|v| v.dominates(&winners[i]));
+                if !current {
+                    self.dirty.insert(path);
                 }
             }
         }
@@ -879,11 +909,16 @@ impl<R: Runtime> Syncer<R> {
         let locals = self
             .disk
             .run(move |s| {
+                let versions = s.versions.get_many(&wanted).ok();
                 wanted
                     .iter()
-                    .map(|p| match (s.folder.local(p), s.versions.get(p)) {
-                        (Ok(meta), Ok(version)) => Some(Local { meta, version }),
-                        _ => None,
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let version = versions.as_ref()?.get(i)?.clone();
+                        Some(Local {
+                            meta: s.folder.local(p).ok()?,
+                            version,
+                        })
                     })
                     .collect::<Vec<_>>()
             })

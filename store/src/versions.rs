@@ -56,6 +56,24 @@ impl Versions {
         }
     }
 
+    /// The versions of many paths, read in one transaction, in order.
+    pub fn get_many(&self, paths: &[String]) -> Result<Vec<VersionVector>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(VERSIONS).map_err(|e| self.err(e))?;
+        paths
+            .iter()
+            .map(
+                |path| match table.get(path.as_str()).map_err(|e| self.err(e))? {
+                    None => Ok(VersionVector::new()),
+                    Some(v) => codec::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: e.to_string(),
+                    }),
+                },
+            )
+            .collect()
+    }
+
     /// Records `version` for `path`, durably.
     pub fn set(&self, path: &str, version: &VersionVector) -> Result<(), StoreError> {
         self.set_many(&[(path.to_owned(), version.clone())])
