@@ -1396,15 +1396,17 @@ impl Walk<'_> {
         };
         for item in read {
             match item {
-                Ok(item) => names.push(item.file_name()),
+                // Stat relative to the open directory (no symlink is followed): cheaper than
+                // walking the whole path again for each of many files.
+                Ok(item) => names.push((item.file_name(), item.metadata())),
                 Err(_) => {
                     self.keep.push(rel.to_owned());
                     return Ok(());
                 }
             }
         }
-        names.sort();
-        for name in names {
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, metadata) in names {
             // Names that are not UTF-8 cannot be share paths: not synced.
             let Some(name) = name.to_str() else { continue };
             let path = if rel.is_empty() {
@@ -1416,7 +1418,7 @@ impl Walk<'_> {
                 continue; // `.clearskies` at the root, names too long, backslashes, ...
             }
             let child = abs.join(name);
-            let Ok(m) = fs::symlink_metadata(&child) else {
+            let Ok(m) = metadata else {
                 self.keep.push(path);
                 continue;
             };
