@@ -79,6 +79,12 @@ pub enum Request {
         path: String,
         pin: bool,
     },
+    /// `sync --once` while the daemon runs: check in with every peer (and `peers`), answer
+    /// `Done` once all agree.
+    CheckIn {
+        peers: Vec<String>,
+        timeout_secs: u64,
+    },
 }
 
 /// The daemon's answer.
@@ -277,6 +283,15 @@ async fn answer(device: &Device, request: Request) -> Result<Response, Failure> 
     let stopped = |e: clearskies_tokio::node::NodeError| Failure::not_found(&e.to_string());
     Ok(match request {
         Request::Status => Response::Status(status(device).to_string()),
+        Request::CheckIn {
+            peers,
+            timeout_secs,
+        } => {
+            device
+                .check_in(&peers, std::time::Duration::from_secs(timeout_secs))
+                .await?;
+            Response::Done
+        }
         Request::Get { share, key } => {
             let share = share_id(device, share.as_deref())?;
             Response::Entry(versions(device, share, &key).await)

@@ -74,6 +74,15 @@ pub(crate) struct Device {
     rescan: Duration,
     /// Whether folders are watched for changes (`run`), or only scanned (`sync --once`).
     watch: bool,
+    /// The network, once it runs: a `sync --once` of this home checks in through it.
+    network: std::sync::OnceLock<Networked>,
+}
+
+/// What a check-in through the running daemon needs.
+struct Networked {
+    net: std::sync::Weak<Network>,
+    statics: Vec<SocketAddr>,
+    discovery: bool,
 }
 
 impl Device {
@@ -184,11 +193,39 @@ async fn start(
         folders: Mutex::new(folders),
         rescan,
         watch,
+        network: std::sync::OnceLock::new(),
     };
     Ok((Arc::new(device), events))
 }
 
 impl Device {
+    /// `sync --once` of this home while its daemon runs: the daemon checks in with every
+    /// peer it knows, `peers` added (and dialled from now on), and says when all agree. Its
+    /// folders are watched, so nothing needs scanning first.
+    pub(crate) async fn check_in(
+        &self,
+        peers: &[String],
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        let Some(networked) = self.network.get() else {
+            return Err(Failure::not_found(
+                "the running daemon is still starting; try again in a moment",
+            ));
+        };
+        let Some(net) = networked.net.upgrade() else {
+            return Err(Failure::not_found("the running daemon is stopping"));
+        };
+        let mut statics = networked.statics.clone();
+        for p in peers {
+            let addr = resolve(p)?;
+            if !statics.contains(&addr) {
+                net.dial(addr, Origin::Static);
+                statics.push(addr);
+            }
+        }
+        check_in(&net, &statics, networked.discovery, timeout).await
+    }
+
     /// Opens a share created or joined while the daemon runs (`share`, `join`).
     pub(crate) async fn open_new_share(&self, share: &ShareFile) -> Result<(), Failure> {
         let open = self
@@ -641,6 +678,11 @@ pub fn run(
             net.dial(addr, Origin::Remembered);
         }
         let discovery = discover(&net, &config, port)?;
+        let _ = device.network.set(Networked {
+            net: Arc::downgrade(&net),
+            statics: statics.clone(),
+            discovery: discovery.is_some(),
+        });
         let connected = device.connected.clone();
         let refusal = device.refusal.clone();
         let peers_seen = device.peers.clone();

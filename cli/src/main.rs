@@ -111,6 +111,9 @@ enum Command {
         rescan: u64,
     },
     /// Check in with peers once: exchange changes, fetch content, exit 0 when all agree.
+    ///
+    /// While this home's daemon runs, the daemon checks in (it is connected and watching
+    /// already, so nothing is scanned again; its own transports are used).
     Sync {
         #[arg(long)]
         once: bool,
@@ -422,12 +425,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     "use `clearskies run` to stay in sync, or `sync --once`",
                 ));
             }
+            let timeout = timeout.unwrap_or(60);
+            // With this home's daemon running, it checks in: it is connected and watching
+            // already, so nothing is scanned again (its own transports are used).
+            if let Some(mut daemon) = control::Client::connect(&home) {
+                daemon.call(&control::Request::CheckIn {
+                    peers: peer.clone(),
+                    timeout_secs: timeout,
+                })?;
+                return Ok(());
+            }
             daemon::run(
                 home,
                 None,
                 transport,
                 peer,
-                Some(Duration::from_secs(timeout.unwrap_or(60))),
+                Some(Duration::from_secs(timeout)),
                 Duration::from_secs(3600),
             )?;
         }

@@ -121,3 +121,43 @@ fn a_running_daemon_serves_status_db_share_invite_and_removal() {
     stop(phone);
     stop(laptop);
 }
+
+#[test]
+fn sync_once_while_the_daemon_runs_checks_in_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("home-a"), dir.path().join("home-b"));
+    let (fa, fb) = (dir.path().join("laptop"), dir.path().join("phone"));
+    std::fs::create_dir(&fa).unwrap();
+    ok(&a, &["init", "--name", "laptop"]);
+    ok(&b, &["init", "--name", "phone"]);
+    let code = share(&a, &fa);
+    let port_a = free_port();
+    let laptop = daemon(&a, port_a, &["--rescan", "3600"]);
+    let peer = format!("127.0.0.1:{port_a}");
+    ok(&b, &["join", &code, fb.to_str().unwrap(), "--peer", &peer]);
+    // The phone's daemon knows no address: the check-in brings the laptop's.
+    let phone = daemon(&b, free_port(), &["--rescan", "3600"]);
+    std::fs::write(fa.join("note.txt"), b"written on the laptop\n").unwrap();
+    wait_until(T, "the laptop's watcher to record the file", || {
+        ok(&a, &["db", "list", "/"]).contains("note.txt")
+    });
+    // The phone's check-in goes through its daemon (a second process on the home would be
+    // refused) and returns once it holds the file.
+    let out = run(&b, &["sync", "--once", "--peer", &peer, "--timeout", "20"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(fb.join("note.txt")).ok().as_deref(),
+        Some(&b"written on the laptop\n"[..]),
+        "the check-in returned before the phone held the file"
+    );
+    // A second check-in with nothing new is quick and agrees at once.
+    let started = std::time::Instant::now();
+    ok(&b, &["sync", "--once", "--timeout", "20"]);
+    assert!(started.elapsed() < T);
+    stop(phone);
+    stop(laptop);
+}
