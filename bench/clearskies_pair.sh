@@ -23,6 +23,8 @@
 #        INSERT_FILE=<relpath>   phase "insert1b": insert one byte at the start of the file
 #        RENAME_DIR=<relpath>    phase "rename": rename that folder to <relpath>.renamed
 #        IDLE=N                  phase "idle": B checks in again, N times, with nothing changed
+#        IDLE_VIA=process|daemon  idle check-in by a cold `sync --once` process (default), or by
+#                                `sync --once` asking B's running, connected daemon
 #        B_MODE=once|daemon      initial phase: B's `sync --once` (default) or B's daemon + polling
 #        TRANSPORT=tcp|quic      passed as --transport when the binary supports the option
 #        DISCOVERY=0|1           LAN discovery (default off, like the Syncthing pair's)
@@ -50,6 +52,7 @@ RENAME_DIR=${RENAME_DIR:-}
 IDLE=${IDLE:-0}
 TRANSPORT=${TRANSPORT:-tcp}
 DISCOVERY=${DISCOVERY:-0}
+IDLE_VIA=${IDLE_VIA:-process}
 B_MODE=${B_MODE:-once}
 RESCAN_S=${RESCAN_S:-3600}
 RESULTS_FILE=${RESULTS_FILE:-$BASE_DIR/results/results.jsonl}
@@ -318,23 +321,43 @@ if [[ -n $RENAME_DIR ]]; then
 fi
 if (( IDLE > 0 )); then
   start_a
+  IDLE_NAME=idle-$LABEL
+  if [[ $IDLE_VIA == daemon ]]; then
+    # B's daemon runs and is connected; each `sync --once` asks it to check in.
+    IDLE_NAME=idle-via-daemon-$LABEL
+    read -r PORT_B < <(free_ports 1)
+    "$CS" --home "$WORK/homeB" run --listen "127.0.0.1:$PORT_B" --peer "127.0.0.1:$PORT" --rescan "$RESCAN_S" "${TR_ARGS[@]}" >"$WORK/B.log" 2>&1 &
+    PID_B=$!
+    end=$(( $(date +%s) + TIMEOUT_S ))
+    until grep -q "connected to" "$WORK/B.log" 2>/dev/null; do
+      kill -0 "$PID_B" 2>/dev/null || { tail -20 "$WORK/B.log" >&2; die "B's daemon exited"; }
+      (( $(date +%s) < end )) || die "B's daemon did not connect within ${TIMEOUT_S}s"
+      sleep 0.05
+    done
+  fi
   for k in $(seq "$IDLE"); do
     sync
     wait_quiet
     CPU_B=0 RSS_B=0
     WANT_FP=$(tree_fp "$WORK/srcA")
     C0A=$(proc_cpu "$PID_A")
+    [[ -n $PID_B ]] && C0B=$(proc_cpu "$PID_B")
     W0=$(wire_snap); S0=$(cpu_snap); T0=$(now)
     b_sync "sync-idle-$k"
     T1=$(now)
     S1=$(cpu_snap); SYS_BUSY=$(snap_busy_s "$S0" "$S1"); W1=$(wire_snap)
     WALL=$(fsub "$T1" "$T0")
     CPU_A=$(fsub "$(proc_cpu "$PID_A")" "$C0A"); RSS_A=$(proc_hwm "$PID_A")
+    if [[ -n $PID_B ]]; then
+      CPU_B=$(awk -v c="$CPU_B" -v d="$(fsub "$(proc_cpu "$PID_B")" "$C0B")" 'BEGIN{printf "%.2f", c+d}')
+      m=$(proc_hwm "$PID_B"); (( m > RSS_B )) && RSS_B=$m
+    fi
     wire_delta "$W0" "$W1"
-    log "idle check-in $k/$IDLE: ${WALL}s; cpu A=${CPU_A}s B=${CPU_B}s; wire ${WIRE}B (payload ~${WIRE_PAYLOAD}B)"
+    log "idle check-in $k/$IDLE${PID_B:+ (through the daemon of B)}: ${WALL}s; cpu A=${CPU_A}s B=${CPU_B}s; wire ${WIRE}B (payload ~${WIRE_PAYLOAD}B)"
     verify
-    emit idle "idle-$LABEL" 0 "$FILES" '{"changed_bytes":0}'
+    emit idle "$IDLE_NAME" 0 "$FILES" '{"changed_bytes":0}'
   done
+  if [[ -n $PID_B ]]; then stop_pid "$PID_B" "$WORK/homeB" 15; PID_B=""; fi
   stop_a
 fi
 log "done"
