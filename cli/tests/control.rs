@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,18 +13,24 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
 
-fn status(home: &std::path::Path) -> Value {
-    serde_json::from_str(&ok(home, &["status", "--json"])).unwrap()
-}
-
-#[test]
-fn a_running_daemon_serves_status_db_share_invite_and_removal() {
+/// Two initialised homes ("laptop" and "phone") and their folders (the laptop's made).
+fn laptop_and_phone() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("home-a"), dir.path().join("home-b"));
     let (fa, fb) = (dir.path().join("laptop"), dir.path().join("phone"));
     std::fs::create_dir(&fa).unwrap();
     ok(&a, &["init", "--name", "laptop"]);
     ok(&b, &["init", "--name", "phone"]);
+    (dir, a, b, fa, fb)
+}
+
+fn status(home: &std::path::Path) -> Value {
+    serde_json::from_str(&ok(home, &["status", "--json"])).unwrap()
+}
+
+#[test]
+fn a_running_daemon_serves_status_db_share_invite_and_removal() {
+    let (dir, a, b, fa, fb) = laptop_and_phone();
 
     // Without a daemon, status says so and lists the shares from the home.
     ok(&a, &["share", fa.to_str().unwrap()]);
@@ -124,12 +131,7 @@ fn a_running_daemon_serves_status_db_share_invite_and_removal() {
 
 #[test]
 fn sync_once_while_the_daemon_runs_checks_in_through_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("home-a"), dir.path().join("home-b"));
-    let (fa, fb) = (dir.path().join("laptop"), dir.path().join("phone"));
-    std::fs::create_dir(&fa).unwrap();
-    ok(&a, &["init", "--name", "laptop"]);
-    ok(&b, &["init", "--name", "phone"]);
+    let (_dir, a, b, fa, fb) = laptop_and_phone();
     let code = share(&a, &fa);
     let port_a = free_port();
     let laptop = daemon(&a, port_a, &["--rescan", "3600"]);
