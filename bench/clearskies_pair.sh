@@ -204,12 +204,16 @@ b_sync() {
 # B_MODE=daemon (initial phase only): B runs `clearskies run --peer A` like Syncthing's B, and
 # the window ends when B's tree matches A's (polled every 0.2 s: file count and bytes, then
 # the fingerprint). B's CPU and peak RSS are its daemon's, added to its join's.
-b_daemon_until_complete() {
-  local want_n want_b n b end pid_b
-  read -r want_n want_b < <(find "$WORK/srcA" -path "$WORK/srcA/.clearskies" -prune -o -type f -printf '%s\n' | awk '{n++; b+=$1} END{printf "%d %d\n", n, b}')
+# start_b_daemon: B's `clearskies run --peer A` in the background (PID_B)
+start_b_daemon() {
   read -r PORT_B < <(free_ports 1)
   "$CS" --home "$WORK/homeB" run --listen "127.0.0.1:$PORT_B" --peer "127.0.0.1:$PORT" --rescan "$RESCAN_S" "${TR_ARGS[@]}" >"$WORK/B.log" 2>&1 &
   PID_B=$!
+}
+b_daemon_until_complete() {
+  local want_n want_b n b end pid_b
+  read -r want_n want_b < <(find "$WORK/srcA" -path "$WORK/srcA/.clearskies" -prune -o -type f -printf '%s\n' | awk '{n++; b+=$1} END{printf "%d %d\n", n, b}')
+  start_b_daemon
   end=$(( $(date +%s) + TIMEOUT_S ))
   while :; do
     kill -0 "$PID_B" 2>/dev/null || { tail -20 "$WORK/B.log" >&2; die "B's daemon exited"; }
@@ -325,9 +329,7 @@ if (( IDLE > 0 )); then
   if [[ $IDLE_VIA == daemon ]]; then
     # B's daemon runs and is connected; each `sync --once` asks it to check in.
     IDLE_NAME=idle-via-daemon-$LABEL
-    read -r PORT_B < <(free_ports 1)
-    "$CS" --home "$WORK/homeB" run --listen "127.0.0.1:$PORT_B" --peer "127.0.0.1:$PORT" --rescan "$RESCAN_S" "${TR_ARGS[@]}" >"$WORK/B.log" 2>&1 &
-    PID_B=$!
+    start_b_daemon
     end=$(( $(date +%s) + TIMEOUT_S ))
     until grep -q "connected to" "$WORK/B.log" 2>/dev/null; do
       kill -0 "$PID_B" 2>/dev/null || { tail -20 "$WORK/B.log" >&2; die "B's daemon exited"; }
