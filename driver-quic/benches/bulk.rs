@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clearskies_net::PeerKey;
 use clearskies_net::PeerPolicy;
 use clearskies_proto::crypto::DeviceKey;
 use clearskies_proto::db::{Access, Member, ShareId};
@@ -38,7 +39,7 @@ use clearskies_proto::files::Hash;
 use clearskies_proto::identity::DeviceId;
 use clearskies_proto::node::{Event, Node};
 use clearskies_proto::session::SessionConfig;
-use clearskies_runtime::node::{FolderLink, IntoStream, NodeHandle, spawn_node};
+use clearskies_runtime::node::{FolderLink, FuturesIo, IntoStream, NodeHandle, spawn_node};
 use clearskies_runtime::{MonotonicClock, Runtime, Task};
 use clearskies_store::ReplicaStore;
 use futures_util::io::{AsyncReadExt, AsyncWriteExt};
@@ -319,7 +320,7 @@ where
 /// The cases on tokio: raw TCP + rustls, raw quinn, and the nodes over each.
 fn tokio_cases(plan: &Plan, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured> {
     use clearskies_tokio::Tokio;
-    use clearskies_tokio::node::{FuturesIo, TokioIo};
+    use clearskies_tokio::node::TokioIo;
     use clearskies_tokio::tls;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -399,13 +400,7 @@ fn tokio_cases(plan: &Plan, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured
                     Tokio,
                     chunks.clone(),
                     async |a: &NodeHandle, b: &NodeHandle| {
-                        let ((peer_b, server), (peer_a, client)) = tls_pair().await;
-                        a.add_connection::<FuturesIo>(peer_b.device_id, server)
-                            .await
-                            .unwrap();
-                        b.add_connection::<FuturesIo>(peer_a.device_id, client)
-                            .await
-                            .unwrap();
+                        hand_over(a, b, tls_pair().await).await;
                     },
                 )
                 .await,
@@ -452,7 +447,6 @@ fn tokio_cases(plan: &Plan, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured
 /// The cases on async-std: raw TCP + rustls on `async-net`, and the node over it.
 fn async_std_cases(plan: &Plan, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Measured> {
     use clearskies_async_std::AsyncIo;
-    use clearskies_async_std::node::FuturesIo;
     use clearskies_async_std::tls;
 
     async_std::task::block_on(async {
@@ -496,13 +490,7 @@ fn async_std_cases(plan: &Plan, chunks: &Arc<BTreeMap<Hash, Bytes>>) -> Vec<Meas
                     runtime,
                     chunks.clone(),
                     async |a: &NodeHandle, b: &NodeHandle| {
-                        let ((peer_b, server), (peer_a, client)) = tls_pair().await;
-                        a.add_connection::<FuturesIo>(peer_b.device_id, server)
-                            .await
-                            .unwrap();
-                        b.add_connection::<FuturesIo>(peer_a.device_id, client)
-                            .await
-                            .unwrap();
+                        hand_over(a, b, tls_pair().await).await;
                     },
                 )
                 .await,
@@ -578,4 +566,22 @@ fn main() {
             ratio
         );
     }
+}
+
+/// Hands each node its end of one TLS connection: A accepted it (the server end, B's key),
+/// B dialled it (the client end, A's key).
+async fn hand_over<S, C>(
+    a: &NodeHandle,
+    b: &NodeHandle,
+    ((peer_b, server), (peer_a, client)): ((PeerKey, S), (PeerKey, C)),
+) where
+    S: IntoStream<FuturesIo>,
+    C: IntoStream<FuturesIo>,
+{
+    a.add_connection::<FuturesIo>(peer_b.device_id, server)
+        .await
+        .unwrap();
+    b.add_connection::<FuturesIo>(peer_a.device_id, client)
+        .await
+        .unwrap();
 }
