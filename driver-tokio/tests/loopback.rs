@@ -86,6 +86,51 @@ async fn sessions_handshake_exchange_and_close_over_tcp() {
     b.task.await.unwrap().unwrap();
 }
 
+/// A close asked for right after sends goes out after them: the peer gets every message, then
+/// the close (proto's own `close` would discard whatever was still queued).
+#[tokio::test]
+async fn messages_queued_before_a_close_all_arrive_before_it() {
+    let (mut a, mut b) = pair().await;
+    assert!(matches!(next(&mut a).await, Event::Established(_)));
+    assert!(matches!(next(&mut b).await, Event::Established(_)));
+    // Several frames' worth of bulk and a control message, queued back to back, then close.
+    let big: Bytes = vec![7u8; 300_000].into();
+    // Issued together, so the close reaches the session while the messages are still queued.
+    let (first, second, close) = tokio::join!(
+        a.handle
+            .send(extension_message(EXT, big.clone()), Priority::Bulk),
+        a.handle
+            .send(extension_message(EXT, &b"last word"[..]), Priority::Control),
+        a.handle.close(CloseCode::NORMAL, "done"),
+    );
+    first.unwrap();
+    second.unwrap();
+    close.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match next(&mut b).await {
+            Event::Message(Message::Extension(m)) => got.push(m.payload),
+            Event::Closed(reason) => {
+                assert_eq!(
+                    reason,
+                    CloseReason::Peer {
+                        code: CloseCode::NORMAL,
+                        reason: "done".into()
+                    }
+                );
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Control overtakes bulk; both arrive.
+    assert_eq!(got.len(), 2, "both messages before the close");
+    assert!(got.contains(&big));
+    assert!(got.contains(&Bytes::from_static(b"last word")));
+    a.task.await.unwrap().unwrap();
+    b.task.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn garbage_from_a_stranger_is_refused_with_a_reason() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -23,7 +23,8 @@ pub enum Command {
         Priority,
         oneshot::Sender<Result<(), clearskies_proto::Error>>,
     ),
-    /// Close the session with a code and reason.
+    /// Close the session with a code and reason once every message queued before it has
+    /// been written (proto's own `close` discards them).
     Close(CloseCode, String),
 }
 
@@ -73,7 +74,8 @@ impl SessionHandle {
             .map_err(HandleError::Refused)
     }
 
-    /// Asks the session to close with `code` and `reason`.
+    /// Asks the session to close with `code` and `reason` after the messages already queued
+    /// have been written. Later commands are not taken.
     pub async fn close(&self, code: CloseCode, reason: &str) -> Result<(), HandleError> {
         self.commands
             .send(Command::Close(code, reason.to_owned()))
@@ -110,15 +112,23 @@ where
     // The frame being written, and whether written bytes may still sit in a buffer.
     let mut pending = Bytes::new();
     let mut needs_flush = false;
+    // A close the app asked for, applied once the queued messages have left.
+    let mut closing: Option<(CloseCode, String)> = None;
     loop {
         while let Some(event) = session.poll_event() {
             // The app hung up on events: keep running the protocol anyway.
             let _ = events.send(event).await;
         }
-        if pending.is_empty()
-            && let Some(frame) = session.poll_transmit(clock.now())
-        {
-            pending = frame;
+        if pending.is_empty() {
+            match session.poll_transmit(clock.now()) {
+                Some(frame) => pending = frame,
+                None => {
+                    if let Some((code, reason)) = closing.take() {
+                        session.close(clock.now(), code, &reason);
+                        continue;
+                    }
+                }
+            }
         }
         if pending.is_empty() && !needs_flush && session.is_finished() {
             let _ = writer.close().await;
@@ -147,12 +157,12 @@ where
                     }
                 }
             }
-            command = commands.recv(), if commands_open => match command {
+            command = commands.recv(), if commands_open && closing.is_none() => match command {
                 Some(Command::Send(message, priority, reply)) => {
                     // The app may have stopped waiting for the answer; that is its business.
                     let _ = reply.send(session.send(message, priority));
                 }
-                Some(Command::Close(code, reason)) => session.close(clock.now(), code, &reason),
+                Some(Command::Close(code, reason)) => closing = Some((code, reason)),
                 None => commands_open = false,
             },
             () = sleep_or_forever(runtime, sleep_until) => {}
