@@ -52,6 +52,10 @@ const BUFFER: usize = 1 << 20;
 const TMP_DIR: &str = "tmp";
 /// A temp file not staged for this long is abandoned and removed by the next scan.
 pub const TEMP_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// A file modified less than this long ago is re-hashed before it is served, even when the
+/// quick check sees no change: a write in the same timestamp tick as the scan leaves the
+/// mtime as it was (`spec/files.md` § 8).
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// A change found by [`Folder::scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +287,15 @@ impl Entry {
 
     fn decode(path: &str, v: &[u8]) -> Result<Entry, FolderError> {
         let bad = || FolderError::Index(format!("entry {path:?} is corrupt"));
+        Ok(Entry {
+            stat: Entry::decode_stat(path, v)?,
+            meta: FileMeta::decode(&v[30..]).map_err(|_| bad())?,
+        })
+    }
+
+    /// Only the stat of an encoded entry: a file's chunk list is not decoded.
+    fn decode_stat(path: &str, v: &[u8]) -> Result<Stat, FolderError> {
+        let bad = || FolderError::Index(format!("entry {path:?} is corrupt"));
         if v.len() < 30 || v[0] != ENTRY_FORMAT {
             return Err(bad());
         }
@@ -293,16 +306,12 @@ impl Entry {
         };
         let mut mode = [0; 4];
         mode.copy_from_slice(&v[26..30]);
-        let kind = FileKind::try_from(v[1]).map_err(|_| bad())?;
-        Ok(Entry {
-            stat: Stat {
-                kind,
-                ino: u64::from_be_bytes(word(2)),
-                size: u64::from_be_bytes(word(10)),
-                mtime_ns: i64::from_be_bytes(word(18)),
-                mode: u32::from_be_bytes(mode),
-            },
-            meta: FileMeta::decode(&v[30..]).map_err(|_| bad())?,
+        Ok(Stat {
+            kind: FileKind::try_from(v[1]).map_err(|_| bad())?,
+            ino: u64::from_be_bytes(word(2)),
+            size: u64::from_be_bytes(word(10)),
+            mtime_ns: i64::from_be_bytes(word(18)),
+            mode: u32::from_be_bytes(mode),
         })
     }
 }
@@ -321,6 +330,13 @@ fn parse_location(v: &[u8]) -> Option<(String, u64, u32)> {
     let len = u32::from_be_bytes(v.get(8..12)?.try_into().ok()?);
     let path = std::str::from_utf8(v.get(12..)?).ok()?;
     Some((path.to_owned(), offset, len))
+}
+
+/// The `len` bytes at `offset` of `file` if they hash to `hash`.
+fn read_verified(file: &File, hash: &Hash, offset: u64, len: u32) -> Option<Vec<u8>> {
+    let mut data = vec![0u8; len as usize];
+    file.read_exact_at(&mut data, offset).ok()?;
+    (Sha256::digest(&data)[..] == hash[..]).then_some(data)
 }
 
 /// Two states that a sync must treat as equal: content, kind, mode and mtime.
@@ -346,11 +362,15 @@ fn applied_mode(kind: FileKind, mode: u32) -> u32 {
     }
 }
 
-/// A file's state as hashed by a scan (`None`: it kept changing or is unreadable now).
-type Hashed = Result<Option<(FileMeta, Stat)>, FolderError>;
-
 /// Most threads hashing new and changed files during a scan.
 const HASH_THREADS: usize = 4;
+
+/// A file at least this large is hashed on several threads when a scan has fewer files to
+/// hash than cores.
+const PARALLEL_HASHING: u64 = 32 << 20;
+
+/// A file at least this large has its local chunks verified on several threads when staged.
+const PARALLEL_STAGING: u64 = 8 << 20;
 
 /// Threads that finish a batch of staged files together (a device with a queue serves
 /// their fsyncs in parallel; one after another, each waits for the last).
@@ -372,32 +392,177 @@ fn finish_parallel<'a>(
         file.metadata()
     }
     let stagings: Vec<&Staging> = stagings.collect();
-    if stagings.len() < 2 {
-        return stagings.into_iter().map(finish).collect();
+    map_parallel(
+        &stagings,
+        SYNC_THREADS,
+        |s| finish(s),
+        || Err(io::Error::other("fsync thread panicked")),
+    )
+}
+
+/// Reads `file` to its end, chunking and hashing as it goes: the chunks and the bytes read.
+fn hash_chunks(mut file: &File, class: u32) -> io::Result<(Vec<ChunkRef>, u64)> {
+    let mut chunker = Chunker::new(class);
+    let mut hasher = Sha256::new();
+    let mut chunks = Vec::new();
+    let mut buffer = vec![0u8; BUFFER];
+    let mut start = 0u64;
+    loop {
+        let n = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut rest = &buffer[..n];
+        while let Some(cut) = chunker.next_cut(rest) {
+            hasher.update(&rest[..cut]);
+            let len = chunker.position() - start;
+            start = chunker.position();
+            // A chunk is at most the class's maximum, which fits a u32.
+            chunks.push(ChunkRef(hasher.finalize_reset().into(), len as u32));
+            rest = &rest[cut..];
+        }
+        hasher.update(rest);
     }
-    let per = stagings.len().div_ceil(SYNC_THREADS);
+    let total = chunker.position();
+    if let Some(len) = chunker.finish() {
+        chunks.push(ChunkRef(hasher.finalize().into(), len));
+    }
+    Ok((chunks, total))
+}
+
+/// [`hash_chunks`] for one large file: this thread finds the cut points while `threads`
+/// others hash the chunks found so far, reading them again (from the page cache the first
+/// read just filled).
+fn hash_chunks_parallel(
+    mut file: &File,
+    class: u32,
+    threads: usize,
+) -> io::Result<(Vec<ChunkRef>, u64)> {
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<(usize, u64, u32)>(1024);
+    let queue = std::sync::Mutex::new(queue);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = stagings
-            .chunks(per)
-            .map(|part| {
-                let n = part.len();
-                (
-                    n,
-                    scope.spawn(move || part.iter().map(|s| finish(s)).collect::<Vec<_>>()),
-                )
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|(n, h)| {
-                h.join().unwrap_or_else(|_| {
-                    (0..n)
-                        .map(|_| Err(io::Error::other("fsync thread panicked")))
-                        .collect()
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> io::Result<Vec<(usize, Hash)>> {
+                    let mut out = Ok(Vec::new());
+                    let mut buffer = Vec::new();
+                    // After an error, jobs are still taken (and dropped) so the sender never
+                    // waits on a full queue.
+                    while let Ok((i, at, len)) =
+                        queue.lock().map_or(Err(()), |q| q.recv().map_err(drop))
+                    {
+                        let Ok(done) = &mut out else { continue };
+                        buffer.resize(len as usize, 0);
+                        match file.read_exact_at(&mut buffer, at) {
+                            Ok(()) => done.push((i, Sha256::digest(&buffer).into())),
+                            Err(e) => out = Err(e),
+                        }
+                    }
+                    out
                 })
             })
-            .collect()
+            .collect();
+        let mut chunker = Chunker::new(class);
+        let mut lens = Vec::new();
+        let mut buffer = vec![0u8; BUFFER];
+        let mut start = 0u64;
+        let mut read = Ok(());
+        let send = |lens: &mut Vec<u32>, start: u64, len: u32| {
+            let sent = jobs.send((lens.len(), start, len));
+            lens.push(len);
+            sent.is_ok()
+        };
+        'reading: loop {
+            let n = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    read = Err(e);
+                    break;
+                }
+            };
+            let mut rest = &buffer[..n];
+            while let Some(cut) = chunker.next_cut(rest) {
+                let len = (chunker.position() - start) as u32;
+                if !send(&mut lens, start, len) {
+                    break 'reading;
+                }
+                start = chunker.position();
+                rest = &rest[cut..];
+            }
+        }
+        let total = chunker.position();
+        if let Some(len) = chunker.finish() {
+            send(&mut lens, start, len);
+        }
+        drop(jobs);
+        let mut hashes: Vec<Option<Hash>> = vec![None; lens.len()];
+        for worker in workers {
+            let done = worker
+                .join()
+                .map_err(|_| io::Error::other("a hashing thread panicked"))??;
+            for (i, hash) in done {
+                hashes[i] = Some(hash);
+            }
+        }
+        read?;
+        let chunks = hashes
+            .into_iter()
+            .zip(lens)
+            .map(|(hash, len)| hash.map(|h| ChunkRef(h, len)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| io::Error::other("a chunk was not hashed"))?;
+        Ok((chunks, total))
     })
+}
+
+/// At most `max`, and no more than the machine's cores: threads for work that keeps a core busy.
+fn cpu_threads(max: usize) -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(max))
+}
+
+/// `f` over `items` on up to `threads` scoped threads (no more than there are items), each
+/// taking the next item as it finishes one; the results come back in the items' order. An
+/// item whose thread panicked gets `lost()`.
+fn map_parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+    lost: impl Fn() -> R,
+) -> Vec<R> {
+    let threads = threads.min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return out;
+                        };
+                        out.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for (i, r) in done {
+        slots[i] = Some(r);
+    }
+    slots.into_iter().map(|r| r.unwrap_or_else(&lost)).collect()
 }
 
 /// A file being assembled from chunks in a temp file (see [`Folder::stage`]).
@@ -600,6 +765,28 @@ impl Folder {
         let chunks = tx.open_multimap_table(CHUNKS).map_err(index_err)?;
         let mut locations = chunks.get(&hash[..]).map_err(index_err)?;
         Ok(locations.next().is_some())
+    }
+
+    /// [`Folder::locations`], each with the stat the index recorded for its file.
+    fn locations_with_stat(
+        &self,
+        hash: &Hash,
+    ) -> Result<Vec<(String, u64, u32, Option<Stat>)>, FolderError> {
+        let tx = self.db.begin_read().map_err(index_err)?;
+        let chunks = tx.open_multimap_table(CHUNKS).map_err(index_err)?;
+        let entries = tx.open_table(ENTRIES).map_err(index_err)?;
+        let mut out = Vec::new();
+        for v in chunks.get(&hash[..]).map_err(index_err)? {
+            let v = v.map_err(index_err)?;
+            if let Some((path, offset, len)) = parse_location(v.value()) {
+                let stat = match entries.get(path.as_str()).map_err(index_err)? {
+                    Some(e) => Some(Entry::decode_stat(&path, e.value())?),
+                    None => None,
+                };
+                out.push((path, offset, len, stat));
+            }
+        }
+        Ok(out)
     }
 
     fn locations(&self, hash: &Hash) -> Result<Vec<(String, u64, u32)>, FolderError> {
@@ -827,43 +1014,31 @@ impl Folder {
     }
 
     /// Hashes a file: its chunk list, or `None` if it changed while being read.
-    fn hash_file(&self, path: &str, before: &Stat) -> Result<Option<Vec<ChunkRef>>, FolderError> {
-        let Some((mut file, opened)) = self.open_plain(path)? else {
+    /// Hashes a file, with `threads` hashing threads when it is large: its chunk list, or
+    /// `None` if it changed while being read.
+    fn hash_file(
+        &self,
+        path: &str,
+        before: &Stat,
+        threads: usize,
+    ) -> Result<Option<Vec<ChunkRef>>, FolderError> {
+        let Some((file, opened)) = self.open_plain(path)? else {
             return Ok(None);
         };
         if opened != *before {
             return Ok(None);
         }
         let abs = self.abs(path);
-        let mut chunker = Chunker::new(class_for(before.size));
-        let mut hasher = Sha256::new();
-        let mut chunks = Vec::new();
-        let mut buffer = vec![0u8; BUFFER];
-        let mut total = 0u64;
-        let mut start = 0u64;
-        loop {
-            let n = match file.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // Unreadable now: keep the indexed state until a later scan.
-                Err(_) => return Ok(None),
-            };
-            total += n as u64;
-            let mut rest = &buffer[..n];
-            while let Some(cut) = chunker.next_cut(rest) {
-                hasher.update(&rest[..cut]);
-                let len = chunker.position() - start;
-                start = chunker.position();
-                // A chunk is at most the class's maximum, which fits a u32.
-                chunks.push(ChunkRef(hasher.finalize_reset().into(), len as u32));
-                rest = &rest[cut..];
-            }
-            hasher.update(rest);
-        }
-        if let Some(len) = chunker.finish() {
-            chunks.push(ChunkRef(hasher.finalize().into(), len));
-        }
+        let class = class_for(before.size);
+        let hashed = if threads > 1 && before.size >= PARALLEL_HASHING {
+            hash_chunks_parallel(&file, class, threads)
+        } else {
+            hash_chunks(&file, class)
+        };
+        // Unreadable now: keep the indexed state until a later scan.
+        let Ok((chunks, total)) = hashed else {
+            return Ok(None);
+        };
         let after = file.metadata().map_err(io_err(&abs))?;
         let now = fs::symlink_metadata(&abs).ok().and_then(|m| Stat::of(&m));
         if Stat::of(&after) != Some(*before) || now != Some(*before) || total != before.size {
@@ -874,20 +1049,53 @@ impl Folder {
 
     // ---- serving chunks --------------------------------------------------------------------
 
-    /// Reads `len` bytes at `offset` within the chunk `hash` from a local file that holds it,
-    /// after checking the whole chunk's SHA-256 on disk. `None` if no indexed file still holds
-    /// it unchanged, or if the range lies outside the chunk.
+    /// Reads `len` bytes at `offset` within the chunk `hash` from a local file that holds it.
+    /// `None` if no indexed file still holds it, or if the range lies outside the chunk.
+    ///
+    /// A file the quick check vouches for (same inode, size, mtime and mode as when it was
+    /// hashed, and not modified within [`RACY_WINDOW`] of now) is trusted as indexed: only
+    /// the range asked for is read. Any other file has the whole chunk read and hashed first
+    /// (`spec/files.md` § 8, answering).
     pub fn read_chunk(
         &self,
         hash: &Hash,
         offset: u32,
         len: u32,
     ) -> Result<Option<Vec<u8>>, FolderError> {
-        Ok(self.find_chunk(hash)?.and_then(|data| {
+        let slice = |data: Vec<u8>| {
             let start = offset as usize;
             let end = start.checked_add(len as usize)?;
             data.get(start..end).map(<[u8]>::to_vec)
-        }))
+        };
+        let Some(end) = offset.checked_add(len) else {
+            return Ok(None);
+        };
+        let now = SystemTime::now();
+        for (path, at, chunk_len, indexed) in self.locations_with_stat(hash)? {
+            if end > chunk_len {
+                return Ok(None);
+            }
+            let Some((file, stat)) = self.open_plain(&path)? else {
+                continue;
+            };
+            let settled = now
+                .duration_since(system_time(stat.mtime_ns))
+                .is_ok_and(|age| age >= RACY_WINDOW);
+            if indexed.is_some_and(|i| i.unchanged(&stat)) && settled {
+                let mut data = vec![0u8; len as usize];
+                if file
+                    .read_exact_at(&mut data, at + u64::from(offset))
+                    .is_ok()
+                {
+                    return Ok(Some(data));
+                }
+                continue;
+            }
+            if let Some(data) = read_verified(&file, hash, at, chunk_len) {
+                return Ok(slice(data));
+            }
+        }
+        Ok(None)
     }
 
     /// The whole chunk from any local file that still holds it (verified).
@@ -896,11 +1104,7 @@ impl Folder {
             let Some((file, _)) = self.open_plain(&path)? else {
                 continue;
             };
-            let mut data = vec![0u8; len as usize];
-            if file.read_exact_at(&mut data, offset).is_err() {
-                continue;
-            }
-            if Sha256::digest(&data)[..] == hash[..] {
+            if let Some(data) = read_verified(&file, hash, offset, len) {
                 return Ok(Some(data));
             }
         }
@@ -971,13 +1175,16 @@ impl Folder {
                 .push(offset);
             offset += u64::from(c.len());
         }
-        let mut missing = BTreeMap::new();
-        for (hash, (len, offsets)) in wanted {
-            // A previous attempt may have written it at one of its offsets.
+        // In file order, so that the temp file is written front to back.
+        let mut wanted: Vec<(Hash, (u32, Vec<u64>))> = wanted.into_iter().collect();
+        wanted.sort_unstable_by_key(|(_, (_, offsets))| offsets[0]);
+        // Whether the chunk is in place now: kept from a previous attempt or copied from a
+        // local file that holds it (both verified).
+        let place = |(hash, (len, offsets)): &(Hash, (u32, Vec<u64>))| {
             let mut data = None;
             let mut wrong = Vec::new();
-            let mut buffer = vec![0u8; len as usize];
-            for &at in &offsets {
+            let mut buffer = vec![0u8; *len as usize];
+            for &at in offsets {
                 if at < existing
                     && file.read_exact_at(&mut buffer, at).is_ok()
                     && Sha256::digest(&buffer)[..] == hash[..]
@@ -988,17 +1195,32 @@ impl Folder {
                 }
             }
             if data.is_none() {
-                data = self.find_chunk(&hash)?;
+                data = self.find_chunk(hash)?;
             }
-            match data {
-                Some(data) => {
-                    for at in wrong {
-                        file.write_all_at(&data, at).map_err(io_err(temp))?;
-                    }
-                }
-                None => {
-                    missing.insert(hash, (len, offsets));
-                }
+            let Some(data) = data else {
+                return Ok(false);
+            };
+            for at in wrong {
+                file.write_all_at(&data, at).map_err(io_err(temp))?;
+            }
+            Ok(true)
+        };
+        // Verifying a large file's local chunks is hashing: spread it over the cores.
+        let threads = if meta.size >= PARALLEL_STAGING {
+            cpu_threads(HASH_THREADS)
+        } else {
+            1
+        };
+        let placed = map_parallel(&wanted, threads, place, || {
+            Err(FolderError::Io {
+                path: temp.to_owned(),
+                source: io::Error::other("a staging thread panicked"),
+            })
+        });
+        let mut missing = BTreeMap::new();
+        for ((hash, entry), placed) in wanted.into_iter().zip(placed) {
+            if !placed? {
+                missing.insert(hash, entry);
             }
         }
         drop(file);
@@ -1481,54 +1703,21 @@ impl Walk<'_> {
     /// (each takes the next file), and records them in walk order.
     fn hash_all(&mut self) -> Result<(), FolderError> {
         let files = std::mem::take(&mut self.to_hash);
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(HASH_THREADS)
-            .min(files.len());
-        let results: Vec<Hashed> = if threads <= 1 {
-            files
-                .iter()
-                .map(|(abs, path, stat)| self.hash_settled(abs, path, *stat))
-                .collect()
-        } else {
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let this = &*self;
-            let mut done: Vec<(usize, Hashed)> = std::thread::scope(|scope| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut out = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let Some((abs, path, stat)) = files.get(i) else {
-                                    return out;
-                                };
-                                out.push((i, this.hash_settled(abs, path, *stat)));
-                            }
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| w.join().unwrap_or_default())
-                    .collect()
-            });
-            let mut slots: Vec<Option<_>> = (0..files.len()).map(|_| None).collect();
-            for (i, r) in done.drain(..) {
-                slots[i] = Some(r);
-            }
-            slots
-                .into_iter()
-                .map(|r| {
-                    r.unwrap_or_else(|| {
-                        Err(FolderError::Io {
-                            path: self.folder.root.clone(),
-                            source: io::Error::other("a hashing thread panicked"),
-                        })
-                    })
+        let this = &*self;
+        let threads = cpu_threads(HASH_THREADS);
+        // Fewer files than cores: each file's chunks are hashed on several threads.
+        let per_file = (threads / files.len().max(1)).max(1);
+        let results = map_parallel(
+            &files,
+            threads,
+            |(abs, path, stat)| this.hash_settled(abs, path, *stat, per_file),
+            || {
+                Err(FolderError::Io {
+                    path: this.folder.root.clone(),
+                    source: io::Error::other("a hashing thread panicked"),
                 })
-                .collect()
-        };
+            },
+        );
         for ((_, path, _), result) in files.into_iter().zip(results) {
             match result? {
                 Some((meta, now)) => self.record(&path, now, meta),
@@ -1545,6 +1734,7 @@ impl Walk<'_> {
         abs: &Path,
         path: &str,
         stat: Stat,
+        threads: usize,
     ) -> Result<Option<(FileMeta, Stat)>, FolderError> {
         let mut stat = stat;
         for attempt in 0..2 {
@@ -1554,7 +1744,7 @@ impl Walk<'_> {
                     _ => return Ok(None),
                 }
             }
-            if let Some(chunks) = self.folder.hash_file(path, &stat)? {
+            if let Some(chunks) = self.folder.hash_file(path, &stat, threads)? {
                 let meta = FileMeta {
                     kind: FileKind::File,
                     mode: stat.mode,

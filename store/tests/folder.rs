@@ -355,6 +355,62 @@ fn empty_file_commits() {
     assert_eq!(folder.local("e").expect("local"), Some(meta));
 }
 
+/// A large file alone in a scan is hashed on several threads (chunks found on one, hashed on
+/// others) and gets exactly the chunk list a single pass gives; staging a changed version of
+/// it copies the unchanged chunks on several threads, verified, and leaves only the changed
+/// ones missing, including a corrupted local copy's.
+#[test]
+fn a_large_file_is_hashed_and_staged_on_several_threads_with_the_same_result() {
+    let fx = fixture();
+    let data = noise(11, 40 << 20);
+    fx.write("big.bin", &data);
+    let mut folder = fx.open();
+    let changes = folder.scan().expect("scan");
+    let meta = change(&changes, "big.bin").meta.clone().expect("present");
+    let expected = file_meta(&data, meta.mode, meta.mtime_ns);
+    assert_eq!(meta.chunks, expected.chunks);
+    assert!(meta.chunks.len() > 300);
+
+    // A new version: 1 % overwritten in the middle.
+    let mut changed = data.clone();
+    let middle = changed.len() / 2;
+    for b in &mut changed[middle..middle + (400 << 10)] {
+        *b ^= 0x5a;
+    }
+    let new_meta = file_meta(&changed, 0o644, 1_700_000_000_000_000_000);
+    let new_pieces = chunk_data(&changed, &new_meta);
+    let fresh: Vec<[u8; 32]> = new_pieces
+        .iter()
+        .map(|(_, h)| *h)
+        .filter(|h| !meta.chunks.iter().any(|c| c.hash() == h))
+        .collect();
+    assert!(!fresh.is_empty() && fresh.len() < 20, "{}", fresh.len());
+    let mut staging = folder.stage("big.bin", &new_meta).expect("stage");
+    let mut missing: Vec<[u8; 32]> = staging.missing().copied().collect();
+    missing.sort_unstable();
+    let mut want = fresh.clone();
+    want.sort_unstable();
+    want.dedup();
+    assert_eq!(missing, want, "only the changed chunks are fetched");
+    for (piece, hash) in &new_pieces {
+        if missing.contains(hash) {
+            folder
+                .write_chunk(&mut staging, hash, piece)
+                .expect("write");
+        }
+    }
+    folder.commit(staging, Some(&meta)).expect("commit");
+    assert_eq!(fx.read("big.bin"), changed);
+
+    // The local copy is corrupted behind the index's back: its chunks are not copied.
+    let mut corrupt = changed.clone();
+    corrupt[10] ^= 1;
+    fs::write(fx.root.join("big.bin"), &corrupt).expect("write");
+    let staging = folder.stage("copy.bin", &new_meta).expect("stage");
+    let missing: Vec<[u8; 32]> = staging.missing().copied().collect();
+    assert_eq!(missing, [new_pieces[0].1], "only the corrupted chunk is missing");
+}
+
 #[test]
 fn restart_resumes_a_partly_written_temp_file() {
     let fx = fixture();
@@ -541,6 +597,65 @@ fn read_chunk_verifies_the_disk() {
     assert!(folder.read_chunk(&hash, 0, 16).expect("read").is_some());
     // Changed behind the index's back (same size): no longer served.
     fx.write("f", b"modified content");
+    assert_eq!(folder.read_chunk(&hash, 0, 16).expect("read"), None);
+}
+
+/// A file the quick check vouches for, last modified long ago, is served by range: every
+/// piece of every chunk comes back as indexed, and a range past a chunk's end is refused.
+#[test]
+fn read_chunk_serves_ranges_of_a_settled_file() {
+    let fx = fixture();
+    let data = noise(7, 600_000);
+    fx.write("big", &data);
+    set_mtime(&fx.root.join("big"), 1_600_000_000_000_000_000);
+    let mut folder = fx.open();
+    let changes = folder.scan().expect("scan");
+    let meta = change(&changes, "big").meta.clone().expect("present");
+    assert!(meta.chunks.len() > 1);
+    for (piece, hash) in chunk_data(&data, &meta) {
+        let len = piece.len() as u32;
+        let got = folder.read_chunk(&hash, 0, len).expect("read");
+        assert_eq!(got.as_deref(), Some(piece));
+        let got = folder
+            .read_chunk(&hash, len / 2, len - len / 2)
+            .expect("read");
+        assert_eq!(got.as_deref(), Some(&piece[piece.len() / 2..]));
+        assert_eq!(folder.read_chunk(&hash, len - 1, 2).expect("read"), None);
+        assert_eq!(folder.read_chunk(&hash, u32::MAX, 2).expect("read"), None);
+    }
+    // Changed since the scan (the quick check sees it): no longer served.
+    let mut changed = data.clone();
+    changed[0] ^= 1;
+    fx.write("big", &changed);
+    let (_, first) = chunk_data(&data, &meta)[0];
+    assert_eq!(folder.read_chunk(&first, 0, 16).expect("read"), None);
+}
+
+/// A write in the same timestamp tick as the scan leaves size and mtime as they were, so the
+/// quick check cannot see it: while the file is that recent, the chunk is hashed before it is
+/// served, and the changed bytes are not.
+#[test]
+fn a_change_the_quick_check_cannot_see_is_caught_while_the_file_is_recent() {
+    let fx = fixture();
+    fx.write("f", b"original content");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let before = fs::metadata(fx.root.join("f")).expect("stat");
+    fx.write("f", b"modified content");
+    let mtime_ns = before.mtime() * 1_000_000_000 + before.mtime_nsec();
+    set_mtime(&fx.root.join("f"), mtime_ns);
+    let after = fs::metadata(fx.root.join("f")).expect("stat");
+    assert_eq!(
+        (after.ino(), after.len(), after.mtime(), after.mtime_nsec()),
+        (
+            before.ino(),
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec()
+        ),
+        "the quick check sees no change"
+    );
+    let hash: [u8; 32] = Sha256::digest(b"original content").into();
     assert_eq!(folder.read_chunk(&hash, 0, 16).expect("read"), None);
 }
 
