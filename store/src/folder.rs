@@ -369,6 +369,9 @@ const HASH_THREADS: usize = 4;
 /// hash than cores.
 const PARALLEL_HASHING: u64 = 32 << 20;
 
+/// Staging starts the writeback of what it copied every this many bytes.
+const WRITE_BEHIND: u64 = 16 << 20;
+
 /// A file at least this large has its local chunks verified on several threads when staged.
 const PARALLEL_STAGING: u64 = 8 << 20;
 
@@ -398,6 +401,15 @@ fn finish_parallel<'a>(
         |s| finish(s),
         || Err(io::Error::other("fsync thread panicked")),
     )
+}
+
+/// Starts writing back the dirty pages of `file` in `start..end` without waiting for them.
+/// On Linux `POSIX_FADV_DONTNEED` does that (and drops pages already clean); elsewhere it is
+/// only advice. Errors are ignored: the fsync is what makes the data durable.
+fn write_behind(file: &File, start: u64, end: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(end.saturating_sub(start)) {
+        let _ = rustix::fs::fadvise(file, start, Some(len), rustix::fs::Advice::DontNeed);
+    }
 }
 
 /// Reads `file` to its end, chunking and hashing as it goes: the chunks and the bytes read.
@@ -1211,12 +1223,46 @@ impl Folder {
         } else {
             1
         };
-        let placed = map_parallel(&wanted, threads, place, || {
-            Err(FolderError::Io {
-                path: temp.to_owned(),
-                source: io::Error::other("a staging thread panicked"),
-            })
-        });
+        // Runs of about `WRITE_BEHIND` bytes, each done by one thread, which then starts that
+        // part's writeback: the disk writes while the rest is copied, and the fsync before
+        // the rename has less left to wait for.
+        let mut segments: Vec<&[(Hash, (u32, Vec<u64>))]> = Vec::new();
+        let mut rest = &wanted[..];
+        while !rest.is_empty() {
+            let mut bytes = 0u64;
+            let n = rest
+                .iter()
+                .position(|(_, (len, _))| {
+                    bytes += u64::from(*len);
+                    bytes >= WRITE_BEHIND
+                })
+                .map_or(rest.len(), |i| i + 1);
+            let (segment, tail) = rest.split_at(n);
+            segments.push(segment);
+            rest = tail;
+        }
+        let placed = map_parallel(
+            &segments,
+            threads,
+            |segment| {
+                let placed: Vec<_> = segment.iter().map(place).collect();
+                if placed.iter().any(|p| matches!(p, Ok(true))) {
+                    let first = segment.first().map_or(0, |(_, (_, o))| o[0]);
+                    let end = segment
+                        .last()
+                        .map_or(0, |(_, (len, o))| o[0] + u64::from(*len));
+                    write_behind(&file, first, end);
+                }
+                placed
+            },
+            || {
+                vec![Err(FolderError::Io {
+                    path: temp.to_owned(),
+                    source: io::Error::other("a staging thread panicked"),
+                })]
+            },
+        );
+        let placed = placed.into_iter().flatten();
         let mut missing = BTreeMap::new();
         for ((hash, entry), placed) in wanted.into_iter().zip(placed) {
             if !placed? {

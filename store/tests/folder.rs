@@ -408,7 +408,11 @@ fn a_large_file_is_hashed_and_staged_on_several_threads_with_the_same_result() {
     fs::write(fx.root.join("big.bin"), &corrupt).expect("write");
     let staging = folder.stage("copy.bin", &new_meta).expect("stage");
     let missing: Vec<[u8; 32]> = staging.missing().copied().collect();
-    assert_eq!(missing, [new_pieces[0].1], "only the corrupted chunk is missing");
+    assert_eq!(
+        missing,
+        [new_pieces[0].1],
+        "only the corrupted chunk is missing"
+    );
 }
 
 #[test]
