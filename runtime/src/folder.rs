@@ -67,7 +67,7 @@ const PLAN_BATCH: usize = 1024;
 
 /// Most files assembled at once: the rest of the changed paths wait, counted as pending,
 /// until commits make room. Bounds the temp files and memory in use on a share of any size.
-const MAX_BUILDING: usize = 512;
+const MAX_BUILDING: usize = 2048;
 
 /// Most node events handled in one round of the syncer (bounded work per wake-up; commits
 /// and status follow each round).
@@ -459,6 +459,7 @@ pub async fn spawn_folder<R: Runtime>(
         building: BTreeMap::new(),
         ready: BTreeSet::new(),
         to_stage: Vec::new(),
+        to_make: Vec::new(),
         dirty: BTreeSet::new(),
         stalled: BTreeSet::new(),
         pending_removals: BTreeMap::new(),
@@ -551,6 +552,8 @@ struct Syncer<R> {
     ready: BTreeSet<String>,
     /// Files `apply` decided to write, staged together at the end of a planning batch.
     to_stage: Vec<(String, FileMeta, Option<FileMeta>, VersionVector)>,
+    /// Directories `apply` decided to make, made together just before the files are staged.
+    to_make: Vec<(String, FileMeta, Option<FileMeta>, VersionVector)>,
     /// Paths whose entry changed and must be planned again.
     dirty: BTreeSet<String>,
     stalled: BTreeSet<Hash>,
@@ -1201,14 +1204,17 @@ impl<R: Runtime> Syncer<R> {
         self.abandon(path).await;
         let p = path.to_owned();
         match target.kind {
-            FileKind::Dir | FileKind::Symlink => {
+            FileKind::Dir => {
+                // Made with the rest of its batch (see `stage_pending`).
+                self.to_make.retain(|(q, ..)| q != path);
+                self.to_make
+                    .push((path.to_owned(), target, expected, version));
+            }
+            FileKind::Symlink => {
                 let (t, e) = (target.clone(), expected.clone());
                 let result = self
                     .disk
-                    .run(move |s| match t.kind {
-                        FileKind::Dir => s.folder.apply_dir(&p, &t, e.as_ref()),
-                        _ => s.folder.apply_symlink(&p, &t, e.as_ref()),
-                    })
+                    .run(move |s| s.folder.apply_symlink(&p, &t, e.as_ref()))
                     .await;
                 match result {
                     Some(Ok(())) => self.set_version(path, version).await,
@@ -1225,9 +1231,50 @@ impl<R: Runtime> Syncer<R> {
         }
     }
 
+    /// Makes every directory `apply` queued, in one disk job (durable together, see
+    /// `Folder::apply_dirs`), and records the versions they bring.
+    async fn make_pending(&mut self) {
+        let dirs = std::mem::take(&mut self.to_make);
+        if dirs.is_empty() {
+            return;
+        }
+        let Some(results) = self
+            .disk
+            .run(move |s| {
+                let items = dirs
+                    .iter()
+                    .map(|(p, t, e, _)| (p.clone(), t.clone(), e.clone()))
+                    .collect();
+                let results = s.folder.apply_dirs(items);
+                let versions: Vec<(String, VersionVector)> = dirs
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|((p, _, _, v), _)| (p.clone(), v.clone()))
+                    .collect();
+                if let Err(e) = s.versions.set_many(&versions) {
+                    tracing::warn!("cannot record the versions of made directories: {e}");
+                }
+                dirs.into_iter()
+                    .zip(results)
+                    .map(|((p, ..), r)| (p, r))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        else {
+            return;
+        };
+        for (path, result) in results {
+            if let Err(e) = result {
+                self.failed(&path, e);
+            }
+        }
+    }
+
     /// Starts assembling every file `apply` queued: one disk job stages them all (copying
     /// the chunks this device already holds), one request asks the node for what is missing.
     async fn stage_pending(&mut self) {
+        self.make_pending().await;
         let files = std::mem::take(&mut self.to_stage);
         if files.is_empty() {
             return;

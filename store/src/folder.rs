@@ -316,6 +316,13 @@ impl Entry {
     }
 }
 
+/// A place that holds a chunk (path, offset, length) and the stat the index recorded for its
+/// file.
+type IndexedPlace = (String, u64, u32, Option<Stat>);
+
+/// A chunk a staged file needs: its hash, length and every offset it occupies.
+type Wanted = (Hash, (u32, Vec<u64>));
+
 /// Where a chunk can be read: a file, an offset and the chunk's length.
 fn location(path: &str, offset: u64, len: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(12 + path.len());
@@ -375,32 +382,82 @@ const WRITE_BEHIND: u64 = 16 << 20;
 /// A file at least this large has its local chunks verified on several threads when staged.
 const PARALLEL_STAGING: u64 = 8 << 20;
 
+/// A batch of at least this many staged files is made durable with one `syncfs`.
+const SYNCFS_BATCH: usize = 16;
+
+/// More than this many directories to sync at once are synced with one `syncfs`.
+const SYNCFS_DIRS: usize = 4;
+
 /// Threads that finish a batch of staged files together (a device with a queue serves
 /// their fsyncs in parallel; one after another, each waits for the last).
 const SYNC_THREADS: usize = 4;
 
-/// Sets each staged file's mode and mtime and fsyncs it, spread over up to [`SYNC_THREADS`]
-/// threads, each holding one file open at a time; returns each file's metadata, in order.
+/// Sets each staged file's mode and mtime and makes it durable, spread over up to
+/// [`SYNC_THREADS`] threads, each holding one file open at a time; returns each file's
+/// metadata, in order.
+///
+/// A batch of at least [`SYNCFS_BATCH`] files is made durable with one `syncfs` of their
+/// filesystem instead of one fsync each (one device flush instead of hundreds); if that
+/// fails or is not available, each file is fsynced, so each gets its own outcome.
 fn finish_parallel<'a>(
     stagings: impl Iterator<Item = &'a Staging>,
 ) -> Vec<io::Result<fs::Metadata>> {
-    fn finish(s: &Staging) -> io::Result<fs::Metadata> {
+    fn finish(s: &Staging, fsync: bool) -> io::Result<fs::Metadata> {
         let file = OpenOptions::new().read(true).write(true).open(&s.temp)?;
         file.set_permissions(fs::Permissions::from_mode(applied_mode(
             FileKind::File,
             s.meta.mode,
         )))?;
         file.set_times(FileTimes::new().set_modified(system_time(s.meta.mtime_ns)))?;
-        file.sync_all()?;
+        if fsync {
+            file.sync_all()?;
+        }
         file.metadata()
     }
     let stagings: Vec<&Staging> = stagings.collect();
-    map_parallel(
-        &stagings,
+    let lost = || Err(io::Error::other("fsync thread panicked"));
+    if stagings.len() >= SYNCFS_BATCH {
+        let results = map_parallel(&stagings, SYNC_THREADS, |s| finish(s, false), lost);
+        if sync_filesystem(&stagings[0].temp).is_ok() {
+            return results;
+        }
+    }
+    map_parallel(&stagings, SYNC_THREADS, |s| finish(s, true), lost)
+}
+
+/// Makes the entries of `dirs` durable: one `syncfs` when there are more than a few (see
+/// [`finish_parallel`]), else (or if that fails) an fsync of each, on up to
+/// [`SYNC_THREADS`] threads.
+fn sync_dirs(dirs: &[PathBuf]) -> Result<(), FolderError> {
+    if dirs.len() > SYNCFS_DIRS && sync_filesystem(&dirs[0]).is_ok() {
+        return Ok(());
+    }
+    let synced = map_parallel(
+        dirs,
         SYNC_THREADS,
-        |s| finish(s),
-        || Err(io::Error::other("fsync thread panicked")),
-    )
+        |dir| File::open(dir).and_then(|d| d.sync_all()).err(),
+        || Some(io::Error::other("fsync thread panicked")),
+    );
+    match dirs.iter().zip(synced).find_map(|(d, e)| e.map(|e| (d, e))) {
+        Some((dir, e)) => Err(io_err(dir)(e)),
+        None => Ok(()),
+    }
+}
+
+/// `syncfs` of the filesystem holding `path`: every dirty page and inode on it is written
+/// and the device flushed. It reports write-back errors (Linux 5.8 and later); elsewhere it
+/// is not available and callers fsync file by file.
+fn sync_filesystem(path: &Path) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let any = File::open(path)?;
+        rustix::fs::syncfs(&any).map_err(io::Error::from)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = path;
+        Err(io::Error::from(ErrorKind::Unsupported))
+    }
 }
 
 /// Starts writing back the dirty pages of `file` in `start..end` without waiting for them.
@@ -780,10 +837,7 @@ impl Folder {
     }
 
     /// [`Folder::locations`], each with the stat the index recorded for its file.
-    fn locations_with_stat(
-        &self,
-        hash: &Hash,
-    ) -> Result<Vec<(String, u64, u32, Option<Stat>)>, FolderError> {
+    fn locations_with_stat(&self, hash: &Hash) -> Result<Vec<IndexedPlace>, FolderError> {
         let tx = self.db.begin_read().map_err(index_err)?;
         let chunks = tx.open_multimap_table(CHUNKS).map_err(index_err)?;
         let entries = tx.open_table(ENTRIES).map_err(index_err)?;
@@ -1188,11 +1242,11 @@ impl Folder {
             offset += u64::from(c.len());
         }
         // In file order, so that the temp file is written front to back.
-        let mut wanted: Vec<(Hash, (u32, Vec<u64>))> = wanted.into_iter().collect();
+        let mut wanted: Vec<Wanted> = wanted.into_iter().collect();
         wanted.sort_unstable_by_key(|(_, (_, offsets))| offsets[0]);
         // Whether the chunk is in place now: kept from a previous attempt or copied from a
         // local file that holds it (both verified).
-        let place = |(hash, (len, offsets)): &(Hash, (u32, Vec<u64>))| {
+        let place = |(hash, (len, offsets)): &Wanted| {
             let mut data = None;
             let mut wrong = Vec::new();
             let mut buffer = vec![0u8; *len as usize];
@@ -1226,7 +1280,7 @@ impl Folder {
         // Runs of about `WRITE_BEHIND` bytes, each done by one thread, which then starts that
         // part's writeback: the disk writes while the rest is copied, and the fsync before
         // the rename has less left to wait for.
-        let mut segments: Vec<&[(Hash, (u32, Vec<u64>))]> = Vec::new();
+        let mut segments: Vec<&[Wanted]> = Vec::new();
         let mut rest = &wanted[..];
         while !rest.is_empty() {
             let mut bytes = 0u64;
@@ -1394,17 +1448,9 @@ impl Folder {
             }
         }
         // Then the directory entries, then the index.
-        let mut failed = None;
-        for dir in &dirs {
-            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-                failed = Some(io_err(dir)(e));
-                break;
-            }
-        }
-        if failed.is_none() {
-            failed = self.update_index(&updates).err();
-        }
-        if let Some(e) = failed {
+        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        let durable = sync_dirs(&dirs).and_then(|()| self.update_index(&updates));
+        if let Err(e) = durable {
             let why = e.to_string();
             for i in placed {
                 results[i] = Err(FolderError::Io {
@@ -1472,6 +1518,56 @@ impl Folder {
         meta: &FileMeta,
         expected: Option<&FileMeta>,
     ) -> Result<(), FolderError> {
+        let mut results = self.apply_dirs(vec![(path.to_owned(), meta.clone(), expected.cloned())]);
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// [`Folder::apply_dir`] for many directories (parents before children), durable together:
+    /// the directories made or changed and their parents are synced together
+    /// ([`sync_dirs`]), and the index records them all in one transaction. One result per
+    /// item, in order.
+    pub fn apply_dirs(
+        &mut self,
+        items: Vec<(String, FileMeta, Option<FileMeta>)>,
+    ) -> Vec<Result<(), FolderError>> {
+        let mut results = Vec::with_capacity(items.len());
+        let mut entries = Vec::new();
+        let mut made = Vec::new();
+        let mut dirs = BTreeSet::new();
+        for (path, meta, expected) in items {
+            match self.make_dir(&path, &meta, expected.as_ref()) {
+                Ok((abs, stat)) => {
+                    dirs.insert(abs.parent().unwrap_or(&self.root).to_owned());
+                    dirs.insert(abs);
+                    made.push(results.len());
+                    entries.push((path, Some(Entry { stat, meta })));
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        let durable = sync_dirs(&dirs).and_then(|()| self.update_index(&entries));
+        if let Err(e) = durable {
+            let why = e.to_string();
+            for i in made {
+                results[i] = Err(FolderError::Io {
+                    path: self.root.clone(),
+                    source: io::Error::other(why.clone()),
+                });
+            }
+        }
+        results
+    }
+
+    /// The disk part of [`Folder::apply_dir`], without syncing: the directory's absolute
+    /// path and stat once made.
+    fn make_dir(
+        &self,
+        path: &str,
+        meta: &FileMeta,
+        expected: Option<&FileMeta>,
+    ) -> Result<(PathBuf, Stat), FolderError> {
         self.check_root()?;
         self.check_parents(path)?;
         if meta.kind != FileKind::Dir {
@@ -1506,10 +1602,12 @@ impl Folder {
         let dir = File::open(&abs).map_err(io_err(&abs))?;
         dir.set_times(FileTimes::new().set_modified(system_time(meta.mtime_ns)))
             .map_err(io_err(&abs))?;
-        dir.sync_all().map_err(io_err(&abs))?;
-        let stat = dir.metadata().map_err(io_err(&abs))?;
-        self.sync_parent(&abs)?;
-        self.index_as(path, &abs, &stat, meta)
+        let m = dir.metadata().map_err(io_err(&abs))?;
+        let stat = Stat::of(&m).ok_or_else(|| FolderError::Io {
+            path: abs.clone(),
+            source: io::Error::other("not a directory"),
+        })?;
+        Ok((abs, stat))
     }
 
     fn index_as(

@@ -663,6 +663,55 @@ fn a_change_the_quick_check_cannot_see_is_caught_while_the_file_is_recent() {
     assert_eq!(folder.read_chunk(&hash, 0, 16).expect("read"), None);
 }
 
+/// Many directories applied together: each is made with its mode and mtime and indexed;
+/// one whose path holds a file edited since the scan is refused on its own, and one under a
+/// file cannot be made, without holding back the others.
+#[test]
+fn many_directories_apply_together_and_each_gets_its_own_result() {
+    let fx = fixture();
+    fx.write("edited", b"a file where a directory is wanted");
+    fx.write("plain", b"a file, not a directory");
+    let mut folder = fx.open();
+    folder.scan().expect("scan");
+    let indexed = folder.local("edited").expect("local").expect("indexed");
+    fx.write("edited", b"changed after the scan");
+    let dir = |mode: u32, mtime_ns: i64| FileMeta {
+        kind: FileKind::Dir,
+        mode,
+        mtime_ns,
+        size: 0,
+        chunks: vec![],
+        target: None,
+        conflict_of: None,
+    };
+    let mut items: Vec<(String, FileMeta, Option<FileMeta>)> = (0..30)
+        .map(|i| (format!("d{i:02}"), dir(0o750, 1_000_000_000 + i), None))
+        .collect();
+    items.push(("d05/inner".into(), dir(0o700, 2_000_000_000), None));
+    items.push(("edited".into(), dir(0o755, 3_000_000_000), Some(indexed)));
+    items.push(("plain/under".into(), dir(0o755, 4_000_000_000), None));
+    let results = folder.apply_dirs(items.clone());
+    assert_eq!(results.len(), items.len());
+    for ((path, meta, _), result) in items.iter().zip(&results) {
+        match path.as_str() {
+            "edited" => assert!(
+                matches!(result, Err(FolderError::LocalChange { .. })),
+                "{result:?}"
+            ),
+            "plain/under" => assert!(result.is_err(), "made under a file"),
+            _ => {
+                result.as_ref().expect("made");
+                let m = fs::symlink_metadata(fx.root.join(path)).expect("stat");
+                assert!(m.is_dir());
+                assert_eq!(m.mode() & 0o7777, meta.mode);
+                assert_eq!(folder.local(path).expect("local"), Some(meta.clone()));
+            }
+        }
+    }
+    assert_eq!(fx.read("edited"), b"changed after the scan");
+    assert_eq!(fx.read("plain"), b"a file, not a directory");
+}
+
 #[test]
 fn dirs_symlinks_and_removal() {
     let fx = fixture();
