@@ -469,12 +469,20 @@ fn write_behind(file: &File, start: u64, end: u64) {
     }
 }
 
-/// Reads `file` to its end, chunking and hashing as it goes: the chunks and the bytes read.
-fn hash_chunks(mut file: &File, class: u32) -> io::Result<(Vec<ChunkRef>, u64)> {
+/// A read buffer for a file of `size` bytes: at most [`BUFFER`], and no larger than the file
+/// needs (zeroing a large buffer for each of many small files costs more than reading them).
+fn read_buffer(size: u64) -> Vec<u8> {
+    let len = usize::try_from(size.saturating_add(1)).map_or(BUFFER, |n| n.min(BUFFER));
+    vec![0u8; len]
+}
+
+/// Reads `file` (of about `size` bytes) to its end, chunking and hashing as it goes: the
+/// chunks and the bytes read.
+fn hash_chunks(mut file: &File, size: u64, class: u32) -> io::Result<(Vec<ChunkRef>, u64)> {
     let mut chunker = Chunker::new(class);
     let mut hasher = Sha256::new();
     let mut chunks = Vec::new();
-    let mut buffer = vec![0u8; BUFFER];
+    let mut buffer = read_buffer(size);
     let mut start = 0u64;
     loop {
         let n = match file.read(&mut buffer) {
@@ -1099,7 +1107,7 @@ impl Folder {
         let hashed = if threads > 1 && before.size >= PARALLEL_HASHING {
             hash_chunks_parallel(&file, class, threads)
         } else {
-            hash_chunks(&file, class)
+            hash_chunks(&file, before.size, class)
         };
         // Unreadable now: keep the indexed state until a later scan.
         let Ok((chunks, total)) = hashed else {
