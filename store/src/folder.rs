@@ -1257,15 +1257,19 @@ impl Folder {
         let place = |(hash, (len, offsets)): &Wanted| {
             let mut data = None;
             let mut wrong = Vec::new();
-            let mut buffer = vec![0u8; *len as usize];
+            // Only a resumed temp file has anything to read back (no buffer otherwise).
+            let holds = |at: u64| {
+                let mut buffer = vec![0u8; *len as usize];
+                (file.read_exact_at(&mut buffer, at).is_ok()
+                    && Sha256::digest(&buffer)[..] == hash[..])
+                    .then_some(buffer)
+            };
             for &at in offsets {
-                if at < existing
-                    && file.read_exact_at(&mut buffer, at).is_ok()
-                    && Sha256::digest(&buffer)[..] == hash[..]
-                {
-                    data.get_or_insert_with(|| buffer.clone());
-                } else {
-                    wrong.push(at);
+                match (at < existing).then(|| holds(at)).flatten() {
+                    Some(held) => {
+                        data.get_or_insert(held);
+                    }
+                    None => wrong.push(at),
                 }
             }
             if data.is_none() {
