@@ -384,6 +384,16 @@ struct State {
     cache: Option<ChunkCache>,
 }
 
+impl State {
+    /// Records the versions that paths just written (`what`, for the log) bring, in one
+    /// transaction. A failure is logged; what was written stays written.
+    fn record_versions(&self, versions: &[(String, VersionVector)], what: &str) {
+        if let Err(e) = self.versions.set_many(versions) {
+            tracing::warn!("cannot record the versions of {what}: {e}");
+        }
+    }
+}
+
 /// The folder's blocking thread, as the syncer sees it.
 struct Disk {
     jobs: std::sync::mpsc::Sender<Job>,
@@ -1149,6 +1159,15 @@ impl<R: Runtime> Syncer<R> {
         let _ = self.disk.run(move |s| s.versions.set(&p, &version)).await;
     }
 
+    /// [`Syncer::failed`] for each path of a batch whose write failed.
+    fn failed_any(&mut self, results: Vec<(String, Result<(), FolderError>)>) {
+        for (path, result) in results {
+            if let Err(e) = result {
+                self.failed(&path, e);
+            }
+        }
+    }
+
     /// Reacts to a failed disk write: a local change means a rescan (which records the
     /// local edit as concurrent, so the conflict keeps both); anything else is the folder's
     /// error state.
@@ -1252,9 +1271,7 @@ impl<R: Runtime> Syncer<R> {
                     .filter(|(_, r)| r.is_ok())
                     .map(|((p, _, _, v), _)| (p.clone(), v.clone()))
                     .collect();
-                if let Err(e) = s.versions.set_many(&versions) {
-                    tracing::warn!("cannot record the versions of made directories: {e}");
-                }
+                s.record_versions(&versions, "made directories");
                 dirs.into_iter()
                     .zip(results)
                     .map(|((p, ..), r)| (p, r))
@@ -1264,11 +1281,7 @@ impl<R: Runtime> Syncer<R> {
         else {
             return;
         };
-        for (path, result) in results {
-            if let Err(e) = result {
-                self.failed(&path, e);
-            }
-        }
+        self.failed_any(results);
     }
 
     /// Starts assembling every file `apply` queued: one disk job stages them all (copying
@@ -1461,20 +1474,14 @@ impl<R: Runtime> Syncer<R> {
                         }
                         out.push((path.clone(), result));
                     }
-                    if let Err(e) = s.versions.set_many(&versions) {
-                        tracing::warn!("cannot record the versions of committed files: {e}");
-                    }
+                    s.record_versions(&versions, "committed files");
                     out
                 })
                 .await
             else {
                 return;
             };
-            for (path, result) in results {
-                if let Err(e) = result {
-                    self.failed(&path, e);
-                }
-            }
+            self.failed_any(results);
         }
         if count > 0 {
             tracing::debug!("committed {count} files in {:?}", started.elapsed());

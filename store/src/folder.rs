@@ -1460,17 +1460,7 @@ impl Folder {
             }
         }
         // Then the directory entries, then the index.
-        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
-        let durable = sync_dirs(&dirs).and_then(|()| self.update_index(&updates));
-        if let Err(e) = durable {
-            let why = e.to_string();
-            for i in placed {
-                results[i] = Err(FolderError::Io {
-                    path: self.root.clone(),
-                    source: io::Error::other(why.clone()),
-                });
-            }
-        }
+        self.settle_batch(dirs, &updates, &placed, &mut results);
         results
     }
 
@@ -1558,18 +1548,31 @@ impl Folder {
                 Err(e) => results.push(Err(e)),
             }
         }
+        self.settle_batch(dirs, &entries, &made, &mut results);
+        results
+    }
+
+    /// The end of a batch that changed the entries of `dirs`: makes those durable, then
+    /// indexes `entries`. If either fails, the items at `done` (those `entries` record) get
+    /// the error.
+    fn settle_batch(
+        &self,
+        dirs: BTreeSet<PathBuf>,
+        entries: &[(String, Option<Entry>)],
+        done: &[usize],
+        results: &mut [Result<(), FolderError>],
+    ) {
         let dirs: Vec<PathBuf> = dirs.into_iter().collect();
-        let durable = sync_dirs(&dirs).and_then(|()| self.update_index(&entries));
+        let durable = sync_dirs(&dirs).and_then(|()| self.update_index(entries));
         if let Err(e) = durable {
             let why = e.to_string();
-            for i in made {
+            for &i in done {
                 results[i] = Err(FolderError::Io {
                     path: self.root.clone(),
                     source: io::Error::other(why.clone()),
                 });
             }
         }
-        results
     }
 
     /// The disk part of [`Folder::apply_dir`], without syncing: the directory's absolute
