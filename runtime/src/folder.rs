@@ -62,6 +62,13 @@ const RECORDS_IN_FLIGHT: usize = 512;
 /// Most files committed together (one index and one local-versions transaction).
 const COMMIT_BATCH: usize = 1024;
 
+/// Files are committed once this many are ready (or see `Syncer::commit_due`): each commit
+/// makes its batch durable with one flush, so a few large batches cost less than many small.
+const COMMIT_MIN: usize = 256;
+
+/// The longest a ready file waits for others to be committed with.
+const COMMIT_WAIT: Duration = Duration::from_millis(100);
+
 /// Most paths looked up and staged together.
 const PLAN_BATCH: usize = 1024;
 
@@ -468,6 +475,7 @@ pub async fn spawn_folder<R: Runtime>(
         waiting: BTreeMap::new(),
         building: BTreeMap::new(),
         ready: BTreeSet::new(),
+        ready_since: None,
         to_stage: Vec::new(),
         to_make: Vec::new(),
         dirty: BTreeSet::new(),
@@ -560,6 +568,8 @@ struct Syncer<R> {
     building: BTreeMap<String, Building>,
     /// Files with every chunk in place, committed together at the end of a round.
     ready: BTreeSet<String>,
+    /// When the oldest file in `ready` became ready (see `commit_due`).
+    ready_since: Option<Instant>,
     /// Files `apply` decided to write, staged together at the end of a planning batch.
     to_stage: Vec<(String, FileMeta, Option<FileMeta>, VersionVector)>,
     /// Directories `apply` decided to make, made together just before the files are staged.
@@ -605,7 +615,11 @@ impl<R: Runtime> Syncer<R> {
             let next_scan = last_scan + rescan.max(scan_cost * 20);
             let scan_at = debounce.map_or(next_scan, |d| d.min(next_scan));
             let give_up = self.readers.values().flatten().map(|(_, t)| *t).min();
-            let wake = give_up.map_or(scan_at, |t| t.min(scan_at));
+            let commit_at = self.ready_since.map(|t| t + COMMIT_WAIT);
+            let wake = [give_up, commit_at]
+                .into_iter()
+                .flatten()
+                .fold(scan_at, Instant::min);
             let mut replies = Vec::new();
             tokio::select! {
                 Some(()) = touched.recv() => {
@@ -1436,6 +1450,16 @@ impl<R: Runtime> Syncer<R> {
     /// Commits every file whose chunks are all in place, many per durable transaction, and
     /// records the versions they bring.
     async fn commit_ready(&mut self) {
+        let now = Instant::now();
+        if self.ready.is_empty() {
+            self.ready_since = None;
+            return;
+        }
+        let since = *self.ready_since.get_or_insert(now);
+        if !self.commit_due(since, now) {
+            return;
+        }
+        self.ready_since = None;
         let ready = std::mem::take(&mut self.ready);
         let started = Instant::now();
         let count = ready.len();
@@ -1486,6 +1510,14 @@ impl<R: Runtime> Syncer<R> {
         if count > 0 {
             tracing::debug!("committed {count} files in {:?}", started.elapsed());
         }
+    }
+
+    /// Whether the ready files are committed now: enough of them, every file being assembled
+    /// is among them (nothing else is coming soon), or the oldest has waited `COMMIT_WAIT`.
+    fn commit_due(&self, since: Instant, now: Instant) -> bool {
+        self.ready.len() >= COMMIT_MIN
+            || self.ready.len() >= self.building.len()
+            || now.duration_since(since) >= COMMIT_WAIT
     }
 
     async fn remove(&mut self, path: &str) {
