@@ -566,7 +566,8 @@ struct Syncer<R> {
     /// Chunk → paths waiting for it.
     waiting: BTreeMap<Hash, BTreeSet<String>>,
     building: BTreeMap<String, Building>,
-    /// Files with every chunk in place, committed together at the end of a round.
+    /// Files with every chunk in place, committed together once a commit is due (see
+    /// `commit_due`).
     ready: BTreeSet<String>,
     /// When the oldest file in `ready` became ready (see `commit_due`).
     ready_since: Option<Instant>,
