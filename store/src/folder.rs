@@ -54,7 +54,7 @@ const TMP_DIR: &str = "tmp";
 pub const TEMP_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// A file modified less than this long ago is re-hashed before it is served, even when the
 /// quick check sees no change: a write in the same timestamp tick as the scan leaves the
-/// mtime as it was (`spec/files.md` § 8).
+/// mtime as it was (`spec/files.md` § 6.4).
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// A change found by [`Folder::scan`].
@@ -461,12 +461,15 @@ fn sync_filesystem(path: &Path) -> io::Result<()> {
 }
 
 /// Starts writing back the dirty pages of `file` in `start..end` without waiting for them.
-/// On Linux `POSIX_FADV_DONTNEED` does that (and drops pages already clean); elsewhere it is
-/// only advice. Errors are ignored: the fsync is what makes the data durable.
+/// On Linux `POSIX_FADV_DONTNEED` does that (and drops pages already clean); elsewhere this
+/// does nothing. Errors are ignored: the fsync is what makes the data durable.
 fn write_behind(file: &File, start: u64, end: u64) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Some(len) = std::num::NonZeroU64::new(end.saturating_sub(start)) {
         let _ = rustix::fs::fadvise(file, start, Some(len), rustix::fs::Advice::DontNeed);
     }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (file, start, end);
 }
 
 /// A read buffer for a file of `size` bytes: at most [`BUFFER`], and no larger than the file
