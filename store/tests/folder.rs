@@ -41,6 +41,14 @@ impl Fixture {
         fs::write(p, data).expect("write");
     }
 
+    /// The folder holding `path` with `data`, opened and scanned once.
+    fn scanned_with(&self, path: &str, data: &[u8]) -> Folder {
+        self.write(path, data);
+        let mut folder = self.open();
+        folder.scan().expect("scan");
+        folder
+    }
+
     fn read(&self, path: &str) -> Vec<u8> {
         fs::read(self.root.join(path)).expect("read")
     }
@@ -273,9 +281,7 @@ fn ignore_file_is_honoured_and_synced() {
 fn stage_and_commit_from_local_chunks_only() {
     let fx = fixture();
     let data = noise(3, 250_000);
-    fx.write("src.bin", &data);
-    let mut folder = fx.open();
-    folder.scan().expect("scan");
+    let mut folder = fx.scanned_with("src.bin", &data);
     let meta = file_meta(&data, 0o640, 1_500_000_000_987_654_321);
     let staging = folder.stage("copies/dst.bin", &meta).expect("stage");
     assert!(staging.is_complete(), "every chunk is local");
@@ -452,9 +458,7 @@ fn restart_resumes_a_partly_written_temp_file() {
 #[test]
 fn local_change_between_scan_and_commit_is_refused() {
     let fx = fixture();
-    fx.write("doc.txt", b"version 1");
-    let mut folder = fx.open();
-    folder.scan().expect("scan");
+    let mut folder = fx.scanned_with("doc.txt", b"version 1");
     let indexed = folder.local("doc.txt").expect("local").expect("indexed");
     // The user edits the file after the scan; a remote version arrives.
     fx.write("doc.txt", b"version 2, local");
@@ -594,9 +598,7 @@ fn a_symlinked_parent_is_never_written_through() {
 #[test]
 fn read_chunk_verifies_the_disk() {
     let fx = fixture();
-    fx.write("f", b"original content");
-    let mut folder = fx.open();
-    folder.scan().expect("scan");
+    let folder = fx.scanned_with("f", b"original content");
     let hash: [u8; 32] = Sha256::digest(b"original content").into();
     assert!(folder.read_chunk(&hash, 0, 16).expect("read").is_some());
     // Changed behind the index's back (same size): no longer served.
@@ -641,9 +643,7 @@ fn read_chunk_serves_ranges_of_a_settled_file() {
 #[test]
 fn a_change_the_quick_check_cannot_see_is_caught_while_the_file_is_recent() {
     let fx = fixture();
-    fx.write("f", b"original content");
-    let mut folder = fx.open();
-    folder.scan().expect("scan");
+    let folder = fx.scanned_with("f", b"original content");
     let before = fs::metadata(fx.root.join("f")).expect("stat");
     fx.write("f", b"modified content");
     let mtime_ns = before.mtime() * 1_000_000_000 + before.mtime_nsec();
@@ -670,9 +670,7 @@ fn a_change_the_quick_check_cannot_see_is_caught_while_the_file_is_recent() {
 fn many_directories_apply_together_and_each_gets_its_own_result() {
     let fx = fixture();
     fx.write("edited", b"a file where a directory is wanted");
-    fx.write("plain", b"a file, not a directory");
-    let mut folder = fx.open();
-    folder.scan().expect("scan");
+    let mut folder = fx.scanned_with("plain", b"a file, not a directory");
     let indexed = folder.local("edited").expect("local").expect("indexed");
     fx.write("edited", b"changed after the scan");
     let dir = |mode: u32, mtime_ns: i64| FileMeta {
@@ -880,9 +878,7 @@ fn scan_removes_abandoned_temp_files() {
 #[test]
 fn chunks_are_not_served_through_a_parent_swapped_for_a_symlink() {
     let fx = fixture();
-    fx.write("d/f", b"same bytes");
-    let mut folder = fx.open();
-    folder.scan().expect("scan");
+    let mut folder = fx.scanned_with("d/f", b"same bytes");
     let hash: [u8; 32] = Sha256::digest(b"same bytes").into();
     assert!(folder.read_chunk(&hash, 0, 10).expect("read").is_some());
     // `d` becomes a link to an outside folder holding a file of the same name and content.
@@ -909,9 +905,7 @@ fn chunks_are_not_served_through_a_parent_swapped_for_a_symlink() {
 fn a_file_replaces_an_empty_directory_but_not_a_full_one() {
     let fx = fixture();
     fs::create_dir_all(fx.root.join("empty")).expect("mkdir");
-    fx.write("full/keep", b"user data");
-    let mut folder = fx.open();
-    folder.scan().expect("scan");
+    let mut folder = fx.scanned_with("full/keep", b"user data");
     let meta = file_meta(b"now a file", 0o644, 0);
     let (piece, hash) = chunk_data(b"now a file", &meta)[0];
     for (path, ok) in [("empty", true), ("full", false)] {
@@ -934,9 +928,7 @@ fn a_file_replaces_an_empty_directory_but_not_a_full_one() {
 #[test]
 fn many_files_commit_together_and_each_gets_its_own_result() {
     let fx = fixture();
-    fx.write("edited.txt", b"version 1");
-    let mut folder = fx.open();
-    folder.scan().expect("scan");
+    let mut folder = fx.scanned_with("edited.txt", b"version 1");
     let indexed = folder.local("edited.txt").expect("local").expect("indexed");
     // Edited after the scan: its commit must be refused, the others must not be held back.
     fx.write("edited.txt", b"version 2, local");
