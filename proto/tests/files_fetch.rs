@@ -16,6 +16,14 @@ fn content(seed: u8, len: usize) -> (Hash, Vec<u8>) {
     (Sha256::digest(&data).into(), data)
 }
 
+/// Device 1 of a two-member share, holding one chunk of `content(seed, len)`.
+fn a_holding(seed: u8, len: usize) -> (Host, (Hash, Vec<u8>)) {
+    let mut a = Host::new(1, &[1, 2]);
+    let wanted = content(seed, len);
+    a.chunks.insert(wanted.0, wanted.1.clone());
+    (a, wanted)
+}
+
 #[test]
 fn chunks_arrive_verified_including_multi_piece_ones() {
     let mut a = Host::new(1, &[1, 2]);
@@ -100,9 +108,7 @@ fn a_peer_without_the_chunk_hands_over_to_one_that_has_it() {
 
 #[test]
 fn bytes_that_do_not_match_the_hash_close_the_liar_and_are_never_delivered() {
-    let mut a = Host::new(1, &[1, 2]);
-    let wanted = content(4, 2048);
-    a.chunks.insert(wanted.0, wanted.1);
+    let (mut a, wanted) = a_holding(4, 2048);
     a.lie = true;
     let b = Host::new(2, &[1, 2]);
     let mut net = Net::new(vec![a, b], vec![(0, 1)]);
@@ -124,9 +130,7 @@ fn bytes_that_do_not_match_the_hash_close_the_liar_and_are_never_delivered() {
 #[test]
 fn a_stranger_to_the_share_is_never_served() {
     // Device 3 is connected to 1 but is not a member of the share: 1 answers "missing".
-    let mut a = Host::new(1, &[1, 2]);
-    let wanted = content(5, 100);
-    a.chunks.insert(wanted.0, wanted.1);
+    let (a, wanted) = a_holding(5, 100);
     let c = Host::new(3, &[1, 2, 3]);
     let mut net = Net::new(vec![a, c], vec![(0, 1)]);
     net.hosts[1].node.want_chunk(SHARE, wanted.0, 100);
@@ -198,9 +202,7 @@ fn wants_stall_at_once_when_the_last_member_goes_away() {
 
 #[test]
 fn a_connection_replaced_mid_fetch_asks_again_on_the_new_one() {
-    let mut a = Host::new(1, &[1, 2]);
-    let wanted = content(7, 3000);
-    a.chunks.insert(wanted.0, wanted.1.clone());
+    let (a, wanted) = a_holding(7, 3000);
     let b = Host::new(2, &[1, 2]);
     let mut net = Net::new(vec![a, b], vec![(0, 1)]);
     net.hosts[1].node.want_chunk(SHARE, wanted.0, 3000);
@@ -255,25 +257,21 @@ fn pump_pairs(net: &mut Net, pairs: &[(usize, ConnId, usize, ConnId)]) {
 fn a_simultaneous_open_keeps_the_same_connection_on_both_sides() {
     // A dials B (x) while B dials A (y), and each side sees the other's session come up
     // second. Each closing its older one would close both.
-    let mut a = Host::new(1, &[1, 2]);
-    let wanted = content(9, 4000);
-    a.chunks.insert(wanted.0, wanted.1.clone());
+    let (a, wanted) = a_holding(9, 4000);
     let b = Host::new(2, &[1, 2]);
     let mut net = Net::new(vec![a, b], vec![]);
     let (ka, kb) = (net.hosts[0].node.device(), net.hosts[1].node.device());
     let (xa, xb, ya, yb): (ConnId, ConnId, ConnId, ConnId) = (1, 2, 3, 4);
-    net.hosts[0]
-        .node
-        .handle_connected_from(net.now, xa, kb, Origin::Dialed);
-    net.hosts[1]
-        .node
-        .handle_connected_from(net.now, xb, ka, Origin::Accepted);
-    net.hosts[0]
-        .node
-        .handle_connected_from(net.now, ya, kb, Origin::Accepted);
-    net.hosts[1]
-        .node
-        .handle_connected_from(net.now, yb, ka, Origin::Dialed);
+    for (host, c, peer, origin) in [
+        (0, xa, kb, Origin::Dialed),
+        (1, xb, ka, Origin::Accepted),
+        (0, ya, kb, Origin::Accepted),
+        (1, yb, ka, Origin::Dialed),
+    ] {
+        net.hosts[host]
+            .node
+            .handle_connected_from(net.now, c, peer, origin);
+    }
     let hello = |net: &mut Net, host: usize, c: ConnId| {
         let mut frames = Vec::new();
         while let Some(f) = net.hosts[host].node.poll_transmit(net.now, c) {
